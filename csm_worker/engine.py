@@ -1,0 +1,188 @@
+"""The batched renderer: B conversation slots decoding together, each with its own cache rows and position.
+
+- Continuous batching: a slot whose turn ends goes straight on to its conversation's next turn; a finished
+  conversation frees its slot for the next waiting one. A decode step advances every active slot at once.
+- Context kept across turns: a slot's cache lives across its conversation's turns, so a new turn prefills only
+  what is new (the previous turn's unfed EOS frame, given turns in between, and the new text). Generated codes are
+  never decoded and re-encoded to serve as context.
+- Window: when a turn would not fit in the backbone's window, the oldest rendered turns are dropped (given turns,
+  the voice prompts, are kept) and the kept context is prefilled again once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .codec import Codec
+from .model import CsmModel
+from .prompt import Span, TextEncoder, embed_spans, span_for
+from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
+from .sampling import SamplingParams
+
+
+class ContextTooLong(ValueError):
+    pass
+
+
+@dataclass
+class _Conversation:
+    req: ConversationRequest
+    history: list[Span] = field(default_factory=list)  # everything this conversation's context holds
+    next_turn: int = 0  # index into req.turns
+    rendered: int = 0
+
+    @property
+    def context_len(self) -> int:
+        return sum(len(s) for s in self.history)
+
+
+@dataclass
+class _Turn:
+    req: TurnRequest
+    tokens: list[int]
+    frames: list[np.ndarray] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True):
+        self.model, self.codec, self.text = model, codec, TextEncoder(tokenizer)
+        self.batch_size = batch_size
+        self.decode_audio = decode_audio
+        self.caches = model.new_caches(batch_size)
+        dim = model.c0_head.shape[1]
+        self.h = torch.zeros(batch_size, dim, device=model.device, dtype=model.dtype)
+        self.pos = [0] * batch_size  # next cache position per row (Python-side, so no device syncs)
+        self.convs: list[_Conversation | None] = [None] * batch_size
+        self.turns: list[_Turn | None] = [None] * batch_size
+        self._sampling = [(1.0, 1, 0)] * batch_size  # (temperature, top_k, seed) per row
+        self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0}
+
+    # -- driver loop ------------------------------------------------------------------------------------------
+    def run(self, conversations: Iterable[ConversationRequest]) -> Iterator[RenderedTurn | ConversationDone]:
+        """Render every conversation; yields each RenderedTurn as it finishes and a ConversationDone per
+        conversation. Conversations are pulled from the iterable only when a slot is free."""
+        pending = iter(conversations)
+        exhausted = False
+        while True:
+            for row in range(self.batch_size):
+                while not exhausted and self.convs[row] is None:
+                    conv = next(pending, None)
+                    if conv is None:
+                        exhausted = True
+                        break
+                    yield from self._admit(row, conv)
+            if not any(t is not None for t in self.turns):
+                return
+            yield from self._step()
+
+    def _admit(self, row: int, req: ConversationRequest) -> Iterator[ConversationDone | RenderedTurn]:
+        conv = _Conversation(req)
+        self.convs[row], self.pos[row] = conv, 0
+        yield from self._advance(row)
+
+    def _advance(self, row: int) -> Iterator[ConversationDone]:
+        """Move the row's conversation to its next turn to render, or release the row when none is left."""
+        conv = self.convs[row]
+        try:
+            while conv.next_turn < len(conv.req.turns) and conv.req.turns[conv.next_turn].is_given:
+                conv.history.append(self._given_span(conv.req.turns[conv.next_turn]))
+                conv.next_turn += 1
+            if conv.next_turn < len(conv.req.turns):
+                self._start_turn(row, conv.req.turns[conv.next_turn])
+                return
+            done = ConversationDone(conv.req.conversation_id, tag=conv.req.tag, turns_rendered=conv.rendered)
+        except Exception as e:  # one conversation's bad input must not stop the others
+            done = ConversationDone(conv.req.conversation_id, error=str(e), error_type=type(e).__name__,
+                                    tag=conv.req.tag, turns_rendered=conv.rendered)
+        self.convs[row] = self.turns[row] = None
+        self.pos[row] = 0
+        yield done
+
+    def _given_span(self, turn: TurnRequest) -> Span:
+        codes = turn.codes if turn.codes is not None else self.codec.encode(turn.audio)
+        return span_for(self.text.encode(turn.speaker, turn.text), codes, given=turn.audio is not None,
+                        device=self.model.device)
+
+    # -- turns ------------------------------------------------------------------------------------------------
+    def _start_turn(self, row: int, req: TurnRequest) -> None:
+        conv = self.convs[row]
+        tokens = self.text.encode(req.speaker, req.text)
+        new = Span(torch.tensor(tokens, dtype=torch.long, device=self.model.device),
+                   torch.zeros(0, 32, dtype=torch.long, device=self.model.device), given=False)
+        if conv.context_len + len(new) + req.max_frames > self.model.window:
+            self._drop_oldest(conv, len(new) + req.max_frames)
+            self.pos[row] = 0  # the kept context is prefilled again from position 0
+        unfed = conv.context_len - self.pos[row]
+        embeds = torch.cat([embed_spans(self.model, conv.history, unfed), self.model.embed_text(new.tokens)]) \
+            if unfed else self.model.embed_text(new.tokens)
+        self.h[row] = self.model.prefill(self.caches, row, embeds, self.pos[row])
+        self.pos[row] += embeds.shape[0]
+        self.stats["prefill_positions"] += embeds.shape[0]
+        conv.history.append(new)
+        self.turns[row] = _Turn(req, tokens)
+        self._sampling[row] = (req.temperature, req.top_k, req.seed)
+
+    def _drop_oldest(self, conv: _Conversation, room: int) -> None:
+        while conv.context_len + room > self.model.window:
+            oldest = next((i for i, s in enumerate(conv.history) if not s.given), None)
+            if oldest is None:
+                raise ContextTooLong(
+                    f"turn {conv.req.turns[conv.next_turn].turn_index}: the given turns and this turn need "
+                    f"{conv.context_len + room} positions, more than the model's window of {self.model.window}"
+                )
+            del conv.history[oldest]
+
+    def _finish_turn(self, row: int, reason: str) -> RenderedTurn:
+        conv, turn = self.convs[row], self.turns[row]
+        frames = np.stack(turn.frames, axis=1) if turn.frames else np.zeros((32, 0), dtype=np.int64)
+        # The turn's span (its text is already in history) gains its frames and the EOS frame, as context.
+        conv.history[-1] = span_for(turn.tokens, frames, given=False, device=self.model.device)
+        conv.next_turn += 1
+        conv.rendered += 1
+        self.turns[row] = None
+        return RenderedTurn(conv.req.conversation_id, turn.req.turn_index, turn.req.speaker, turn.req.text,
+                            codes=frames, seed=turn.req.seed, end_reason=reason, tag=conv.req.tag)
+
+    # -- one decode step for every active row -----------------------------------------------------------------
+    def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
+        hi = 1 + max(r for r in range(self.batch_size) if self.turns[r] is not None)
+        rows = slice(0, hi)
+        params = SamplingParams.build(*zip(*self._sampling[:hi]), device=self.model.device)
+        frame_index = torch.tensor([len(t.frames) if t else 0 for t in self.turns[:hi]], device=self.model.device)
+        codes = self.model.sample_frame(self.caches, rows, self.h[:hi], params, frame_index)
+        # Every row feeds the frame it just sampled: for a row whose turn ended on EOS that frame *is* the EOS
+        # frame its context needs; for one that hit max length it is its last frame (the EOS frame follows).
+        pos = torch.tensor(self.pos[:hi], device=self.model.device)
+        self.h[:hi] = self.model.decode(self.caches, rows, codes, pos, max(self.pos[:hi]) + 1)
+        codes_np = codes.cpu().numpy()
+        self.stats["steps"] += 1
+        finished, ended_rows = [], []
+        for r in range(hi):
+            turn = self.turns[r]
+            if turn is None:
+                continue
+            self.pos[r] += 1
+            if (codes_np[r] == self.model.eos_code).all():
+                reason = "eos"
+            else:
+                turn.frames.append(codes_np[r])
+                self.stats["frames"] += 1
+                if len(turn.frames) < turn.req.max_frames:
+                    continue
+                reason = "max_length"
+            finished.append(self._finish_turn(r, reason))
+            ended_rows.append(r)
+        self._attach_audio(finished)
+        yield from finished
+        for r in ended_rows:
+            yield from self._advance(r)
+
+    def _attach_audio(self, finished: list[RenderedTurn]) -> None:
+        if not self.decode_audio or not finished:
+            return
+        for turn, audio in zip(finished, self.codec.decode_many([t.codes for t in finished])):
+            turn.audio = audio

@@ -1,0 +1,72 @@
+"""The seed's Python API, running on the batched engine.
+
+    from csm_worker import load_csm_1b, Segment
+    generator = load_csm_1b(device="cuda")
+    audio = generator.generate(text="Hello", speaker=0, context=[Segment(...)], max_audio_length_ms=10_000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from .codec import Codec
+from .engine import Engine
+from .loading import DEFAULT_MODEL, LoadedModel, dtype_for, load_pretrained, resolve_device
+from .model import CsmModel
+from .requests import ConversationDone, ConversationRequest, RenderedTurn, Segment, TurnRequest
+
+
+class RenderError(RuntimeError):
+    pass
+
+
+class Generator:
+    sample_rate = 24_000
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 batch_size: int = 1):
+        self.loaded = loaded
+        self.device = device
+        self.model = CsmModel(loaded.hf, device, dtype)
+        self.codec = Codec(loaded.hf.codec_model)
+        self.batch_size = batch_size
+        self._engines: dict[int, Engine] = {}
+
+    def engine(self, batch_size: int | None = None) -> Engine:
+        """One engine (one set of caches) per batch size, made on first use."""
+        b = batch_size or self.batch_size
+        if b not in self._engines:
+            self._engines[b] = Engine(self.model, self.codec, self.loaded.tokenizer, batch_size=b)
+        return self._engines[b]
+
+    def render(self, conversations: Iterable[ConversationRequest],
+               batch_size: int | None = None) -> Iterator[RenderedTurn | ConversationDone]:
+        """Batched API: many conversations, each rendered turn by turn with its earlier turns as context."""
+        return self.engine(batch_size).run(conversations)
+
+    def generate(self, text: str, speaker: int, context: list[Segment] | None = None,
+                 max_audio_length_ms: float = 90_000, temperature: float = 0.9, topk: int = 50,
+                 seed: int | None = None) -> torch.Tensor:
+        """One utterance conditioned on `context`; returns 1-D float audio at `sample_rate`."""
+        if seed is None:  # follow torch's global RNG, so torch.manual_seed makes calls repeatable as before
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        turns = [TurnRequest(i, s.speaker, s.text, audio=s.audio) for i, s in enumerate(context or [])]
+        turns.append(TurnRequest(len(turns), speaker, text, temperature=temperature, top_k=topk,
+                                 max_audio_length_ms=int(max_audio_length_ms), seed=seed))
+        audio = None
+        for event in self.render([ConversationRequest("generate", turns)], batch_size=1):
+            if isinstance(event, RenderedTurn):
+                audio = event.audio
+            elif event.error:
+                raise RenderError(event.error)
+        return torch.from_numpy(audio)
+
+
+def load_csm_1b(device: str = "cuda", model: str = DEFAULT_MODEL, dtype: str | None = None,
+                batch_size: int = 1) -> Generator:
+    """Load CSM-1B (or a local folder, or a `random:*` preset) on `device` ("auto" picks CUDA when present)."""
+    device = resolve_device(device)
+    torch_dtype = dtype_for(device, dtype)
+    return Generator(load_pretrained(model, device, torch_dtype), device, torch_dtype, batch_size)

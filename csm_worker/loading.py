@@ -1,0 +1,137 @@
+"""Resolve `--model` (hub id, local folder or `random:*` preset) to a folder and load it with transformers.
+
+Every kind of model ends in the same call: `CsmForConditionalGeneration.from_pretrained(folder)` plus the
+tokenizer saved beside it, so presets exercise exactly the code that loads `sesame/csm-1b`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import presets
+
+DEFAULT_MODEL = "sesame/csm-1b"
+# Only what loading needs: no optimizer states or original-format checkpoints.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user asked for (`--model`)
+    path: Path  # the folder it was loaded from
+    hf: "torch.nn.Module"  # transformers' CsmForConditionalGeneration, eval mode
+    tokenizer: object
+    weights_hash: str  # identifies the weights for job fingerprints
+
+    @property
+    def config(self):
+        return self.hf.config
+
+
+def resolve_model_dir(model: str = DEFAULT_MODEL, revision: str | None = None) -> Path:
+    if presets.is_preset(model):
+        return presets.preset_dir(model)
+    if Path(model).expanduser().is_dir():
+        folder = Path(model).expanduser().resolve()
+        if not (folder / "config.json").exists():
+            raise ModelLoadError(f"{folder} has no config.json: point --model at a folder saved in the hub format")
+        return folder
+    return download_from_hub(model, revision)
+
+
+def download_from_hub(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hub_errors
+
+    fix = (
+        f"accept the model's terms at https://huggingface.co/{repo_id}, then set HF_TOKEN (or run `hf auth login`);"
+        " or pass --model with a local folder or a random:* preset"
+    )
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except hub_errors.GatedRepoError as e:
+        raise ModelLoadError(f"{repo_id} is gated and this token has no access: {fix}") from e
+    except hub_errors.RepositoryNotFoundError as e:
+        raise ModelLoadError(f"{repo_id} not found on the hub, or it needs a token: {fix}") from e
+    except hub_errors.RevisionNotFoundError as e:
+        raise ModelLoadError(f"{repo_id} has no revision {revision!r}") from e
+    except hub_errors.LocalEntryNotFoundError as e:
+        raise ModelLoadError(
+            f"cannot download {repo_id} (offline, or the hub cannot be reached) and it is not in the local cache:"
+            " pre-download it with `hf download` or pass --model with a local folder"
+        ) from e
+
+
+def weights_hash(folder: Path) -> str:
+    """A cheap identity of the weights: names, sizes and the safetensors headers (which hold every tensor's
+    dtype, shape and offsets). Hashing gigabytes of weights on every start would cost more than it tells."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            h.update(f.name.encode() + str(f.stat().st_size).encode() + fh.read(min(header_len, 1 << 24)))
+    h.update((folder / "config.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_pretrained(
+    model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> LoadedModel:
+    from transformers import AutoTokenizer, CsmForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    folder = resolve_model_dir(model, revision)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the hub config's llama3 RoPE block triggers a harmless warning per load
+    try:
+        hf = CsmForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a CSM model from {folder}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    hf.to(device).eval()
+    # Mimi is kept in float32: it is a small part of the work and its quality suffers most from bf16.
+    hf.codec_model.to(torch.float32)
+    return LoadedModel(name=model, path=folder, hf=hf, tokenizer=tokenizer, weights_hash=weights_hash(folder))
+
+
+def describe(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def dtype_for(device: str, dtype: str | None) -> torch.dtype:
+    """float32 on CPU, bf16 on CUDA unless asked otherwise."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: choose one of {', '.join(table)}")
+    return table[dtype]
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after Ray forks otherwise

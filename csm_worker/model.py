@@ -1,0 +1,103 @@
+"""CSM-1B's two transformers and heads as one lean model: prefill, one backbone decode step, one frame sample.
+
+A position is a text token or an audio frame (32 codes, embeddings summed). Per frame: the backbone's last hidden
+state gives codebook 0; the depth decoder then runs 31 sequential steps over its own 33-position cache for
+codebooks 1..31. Parity with transformers' `CsmForConditionalGeneration.generate` is tested.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sampling import SamplingParams, sample
+from .transformer import Transformer
+
+NUM_CODEBOOKS = 32
+
+
+class CsmModel:
+    def __init__(self, hf, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        cfg = hf.config
+        self.device, self.dtype = torch.device(device), dtype
+        self.window = cfg.max_position_embeddings
+        self.vocab = cfg.vocab_size
+        self.num_codebooks = cfg.num_codebooks
+        self.eos_code = cfg.codebook_eos_token_id
+        bb, dd = hf.backbone_model, hf.depth_decoder
+        self.backbone = Transformer(bb.layers, bb.norm, bb.rotary_emb, cfg, self.window, device, dtype)
+        self.decoder = Transformer(dd.model.layers, dd.model.norm, dd.model.rotary_emb, cfg.depth_decoder_config,
+                                   self.num_codebooks + 1, device, dtype)
+        w = lambda t: t.detach().to(device, dtype).contiguous()
+        self.text_embed = w(hf.embed_text_tokens.weight)  # [text_vocab, dim]
+        self.audio_embed = w(bb.embed_tokens.embed_audio_tokens.weight)  # [32 * vocab, dim]
+        self.c0_head = w(hf.lm_head.weight)  # [vocab, dim]
+        self.dd_proj = w(dd.model.inputs_embeds_projector.weight)  # [dd_dim, dim]
+        with torch.no_grad():
+            # The depth decoder embeds a code then projects it; one table does both at once.
+            self.dd_in = w(F.linear(dd.model.embed_tokens.weight.detach().float(),
+                                    dd.model.inputs_embeds_projector.weight.detach().float()))  # [32*vocab, dd_dim]
+        self.dd_heads = w(dd.codebooks_head.weight)  # [31, dd_dim, vocab]
+        self.offsets = torch.arange(self.num_codebooks, device=device) * self.vocab
+
+    # -- caches -----------------------------------------------------------------------------------------------
+    def new_caches(self, rows: int) -> dict:
+        return {
+            "backbone": self.backbone.new_cache(rows, self.window, self.device, self.dtype),
+            "decoder": self.decoder.new_cache(rows, self.num_codebooks + 1, self.device, self.dtype),
+        }
+
+    # -- embeddings -------------------------------------------------------------------------------------------
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_embed[tokens]  # [n] -> [n, dim]
+
+    def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
+        # [n, 32] codes -> [n, dim]: each codebook has its own slice of one table; a frame is their sum.
+        return self.audio_embed[codes + self.offsets].sum(dim=-2)
+
+    # -- backbone ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, caches: dict, row: int, embeds: torch.Tensor, start: int) -> torch.Tensor:
+        """Run `embeds` [S, dim] through the backbone at positions start..start+S-1 of cache row `row`;
+        returns the last position's hidden state [dim]."""
+        S = embeds.shape[0]
+        pos = torch.arange(start, start + S, device=self.device)[None]
+        mask = None
+        if start > 0:  # new positions also see the row's earlier context
+            mask = (torch.arange(start + S, device=self.device)[None, :] <= pos[0, :, None])[None, None]
+        h = self.backbone.forward(embeds[None].to(self.dtype), pos, caches["backbone"], slice(row, row + 1), pos,
+                                  mask, start + S)
+        return h[0, -1]
+
+    @torch.no_grad()
+    def decode(self, caches: dict, rows: slice, frames: torch.Tensor, pos: torch.Tensor, t_len: int) -> torch.Tensor:
+        """Feed one frame per row (frames [B, 32] at positions pos [B]); returns hidden states [B, dim].
+        `t_len` is max(pos) + 1, passed in so no device sync is needed to size the attention."""
+        x = self.embed_frames(frames)[:, None]
+        mask = (torch.arange(t_len, device=self.device)[None, :] <= pos[:, None])[:, None, None]
+        return self.backbone.forward(x, pos[:, None], caches["backbone"], rows, pos[:, None], mask, t_len)[:, 0]
+
+    # -- one frame --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_frame(self, caches: dict, rows: slice, h: torch.Tensor, params: SamplingParams,
+                     frame_index: torch.Tensor) -> torch.Tensor:
+        """h [B, dim] backbone hidden states -> codes [B, 32]. frame_index [B] numbers the frame within each
+        row's turn, so sampling noise depends only on (seed, frame, codebook)."""
+        B = h.shape[0]
+        counter = frame_index * self.num_codebooks
+        c = sample(F.linear(h, self.c0_head), params, counter)
+        codes = [c]
+        # Depth decoder: position 0 is the projected backbone state, position i >= 1 holds codebook i-1's code.
+        x = torch.stack([F.linear(h, self.dd_proj), self.dd_in[c]], dim=1)  # [B, 2, dd_dim]
+        cache = caches["decoder"]
+        for i in range(1, self.num_codebooks):
+            S = x.shape[1]
+            pos = (torch.arange(S, device=self.device) + (i + 1 - S))[None].expand(B, -1)
+            out = self.decoder.forward(x, pos, cache, rows, pos, None, i + 1)
+            c = sample(out[:, -1] @ self.dd_heads[i - 1], params, counter + i)
+            codes.append(c)
+            x = self.dd_in[c + i * self.vocab][:, None]
+        return torch.stack(codes, dim=1)
+
+    def is_eos(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes == self.eos_code).all(dim=-1)

@@ -1,0 +1,76 @@
+"""Per-row top-k / temperature sampling with counter-based randomness.
+
+Each row draws its noise from a hash of (turn seed, draw counter, candidate rank) instead of a shared generator,
+so a turn's samples depend only on its own seed and logits: never on which other conversations share the batch,
+nor on the device. Greedy rows (top_k == 1) take the plain argmax, which is what parity tests compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B  # a well-mixing 32-bit multiplier (< 2**31, so products stay inside int64)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    # x holds values in [0, 2**32) in int64; two multiply-xorshift rounds (a standard 32-bit integer hash).
+    x = x ^ (x >> 16)
+    x = (x * _MUL) & _M32
+    x = x ^ (x >> 16)
+    x = (x * _MUL) & _M32
+    return x ^ (x >> 16)
+
+
+def uniform(seed: torch.Tensor, counter: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] floats in (0, 1), a pure function of (seed [B], counter [B], column)."""
+    seed = seed.to(torch.int64)
+    key = _mix32((seed & _M32) ^ _mix32((seed >> 32) & _M32) ^ _mix32((counter.to(torch.int64) * 0x9E3779B1) & _M32))
+    cols = _mix32(torch.arange(width, device=seed.device, dtype=torch.int64) + 0x632BE5AB)
+    bits = _mix32(key[:, None] ^ cols[None, :])
+    return (bits.to(torch.float64) + 0.5) / 4294967296.0
+
+
+@dataclass
+class SamplingParams:
+    """Per-row sampling settings as tensors on the model's device."""
+
+    temperature: torch.Tensor  # [B] float
+    top_k: torch.Tensor  # [B] long, >= 1
+    seed: torch.Tensor  # [B] long
+    max_top_k: int  # max over the rows (a Python int, so topk needs no device sync)
+    all_greedy: bool
+
+    @classmethod
+    def build(cls, temperatures, top_ks, seeds, device) -> "SamplingParams":
+        top_k = [max(1, int(k)) for k in top_ks]
+        return cls(
+            temperature=torch.tensor([float(t) for t in temperatures], device=device, dtype=torch.float32),
+            top_k=torch.tensor(top_k, device=device, dtype=torch.long),
+            seed=torch.tensor([int(s) for s in seeds], device=device, dtype=torch.long),
+            max_top_k=max(top_k),
+            all_greedy=all(k == 1 for k in top_k),
+        )
+
+    def rows(self, sl: slice) -> "SamplingParams":
+        k = self.top_k[sl]
+        return SamplingParams(self.temperature[sl], k, self.seed[sl], self.max_top_k, self.all_greedy)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, counter: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> token ids [B]. `counter` [B] numbers the draw within the turn (frame * 32 + codebook)."""
+    greedy = logits.argmax(dim=-1)
+    if params.all_greedy:
+        return greedy
+    k = min(params.max_top_k, logits.shape[-1])
+    scaled = logits.float() / params.temperature[:, None]
+    values, indices = scaled.topk(k, dim=-1)  # [B, k], sorted descending
+    # Gumbel-max over each row's own top-k candidates: argmax(v + g) samples softmax(v).
+    ranks = torch.arange(k, device=logits.device)
+    values = values.masked_fill(ranks[None, :] >= params.top_k[:, None], float("-inf"))
+    gumbel = -torch.log(-torch.log(uniform(params.seed, counter, k))).to(values.dtype)
+    choice = (values + gumbel).argmax(dim=-1, keepdim=True)
+    sampled = indices.gather(1, choice).squeeze(1)
+    return torch.where(params.top_k == 1, greedy, sampled)
