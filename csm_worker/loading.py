@@ -7,8 +7,8 @@ tokenizer saved beside it, so presets exercise exactly the code that loads `sesa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,26 +89,35 @@ def load_pretrained(
     revision: str | None = None,
 ) -> LoadedModel:
     from transformers import AutoTokenizer, CsmForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
     folder = resolve_model_dir(model, revision)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the hub config's llama3 RoPE block triggers a harmless warning per load
     try:
-        hf = CsmForConditionalGeneration.from_pretrained(folder, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with quiet_transformers():
+            hf = CsmForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load a CSM model from {folder}: {e}") from e
-    finally:
-        hf_logging.set_verbosity(verbosity)
     hf.to(device).eval()
     # Mimi is kept in float32: it is a small part of the work and its quality suffers most from bf16.
     hf.codec_model.to(torch.float32)
     return LoadedModel(name=model, path=folder, hf=hf, tokenizer=tokenizer, weights_hash=weights_hash(folder))
 
 
-def describe(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' per-load progress bars and its warning about the llama3 RoPE block of CSM's config
+    (harmless, printed once per load); a job loads the model once per worker and the noise hides real output."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def default_device() -> str:
@@ -135,3 +144,27 @@ def dtype_for(device: str, dtype: str | None) -> torch.dtype:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after Ray forks otherwise
+
+
+def tokenizer_dir(model: str, revision: str | None = None) -> Path:
+    """The folder holding the tokenizer: for a hub id only the small tokenizer/config files are fetched, so a
+    driver can validate manifests without downloading the weights."""
+    if presets.is_preset(model) or Path(model).expanduser().is_dir():
+        return resolve_model_dir(model, revision)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, revision=revision, allow_patterns=["*.json", "tokenizer*", "*.jinja"]))
+    except Exception as e:  # the same causes as for weights; say how to fix it once, there
+        download_from_hub(model, revision)
+        raise ModelLoadError(f"cannot fetch the tokenizer of {model}: {e}") from e
+
+
+def text_encoder_for(model: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    from .prompt import TextEncoder
+
+    folder = tokenizer_dir(model, revision)
+    with quiet_transformers():
+        return TextEncoder(AutoTokenizer.from_pretrained(folder))

@@ -195,10 +195,11 @@ def write_preset(preset: Preset, folder: Path) -> None:
     import torch
     from transformers import CsmForConditionalGeneration
 
-    config = csm_config(preset)
+    from .loading import quiet_transformers
+
     # Seeded init on CPU so every machine builds the same weights for the same preset.
-    with torch.random.fork_rng(devices=[]):
+    with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(preset.seed)
-        model = CsmForConditionalGeneration(config)
-    model.save_pretrained(folder)
+        model = CsmForConditionalGeneration(csm_config(preset))
+        model.save_pretrained(folder)
     byte_level_tokenizer(preset.first_special_id).save_pretrained(folder)

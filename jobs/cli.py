@@ -1,0 +1,112 @@
+"""The `csm-render` command line. Exit codes: 0 all done, 1 some conversations failed, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from csm_worker.loading import DEFAULT_MODEL, ModelLoadError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                            help="Hub id, local folder in the hub format, or random:tiny|random:small|random:csm-1b.")
+revision_option = click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _report_problems(problems) -> None:
+    for p in problems:
+        click.echo(str(p), err=True)
+    click.echo(f"{len(problems)} problem(s): nothing was rendered or written.", err=True)
+
+
+@click.group()
+@click.version_option(package_name="csm-render")
+def main() -> None:
+    """Render dialogue from Parquet manifests with Sesame's CSM-1B, on one machine or a Ray cluster."""
+
+
+@main.command()
+@click.argument("manifests", nargs=-1, required=True)
+@model_option
+@revision_option
+@click.option("--max-audio-length-ms", default=10_000, show_default=True,
+              help="Default longest turn, used where a row has no max_audio_length_ms.")
+@click.option("--no-audio-check", is_flag=True, help="Do not open given audio files.")
+def validate(manifests, model, revision, max_audio_length_ms, no_audio_check) -> None:
+    """Check MANIFESTS (files, folders or globs) without rendering. Exit 0 if valid, 2 if not."""
+    from csm_worker.loading import text_encoder_for
+    from jobs.manifest import validate_manifests
+
+    try:
+        encoder = text_encoder_for(model, revision)
+    except ModelLoadError as e:
+        _fail(str(e))
+    report = validate_manifests(list(manifests), text_positions=encoder.positions,
+                                default_max_audio_length_ms=max_audio_length_ms, check_audio=not no_audio_check)
+    if not report.ok:
+        _report_problems(report.problems)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(report.summary())
+
+
+@main.command()
+@click.argument("manifests", nargs=-1, required=True)
+@click.option("--out", required=True, help="Output folder (a local path; s3://bucket/prefix in a later release).")
+@model_option
+@revision_option
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="auto: float32 on CPU, bfloat16 on CUDA.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Conversations each worker renders at once.")
+@click.option("--workers", default=None, type=click.IntRange(1), help="Ray workers (default: one per GPU, else 1).")
+@click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
+@click.option("--format", "audio_format", default="wav", show_default=True, type=click.Choice(["wav", "flac"]))
+@click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(0, 5, min_open=True))
+@click.option("--top-k", default=50, show_default=True, type=click.IntRange(1, 2051))
+@click.option("--max-audio-length-ms", default=10_000, show_default=True, type=click.IntRange(80, 120_000))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
+              "their own seed derive one from it, the conversation and the turn index.")
+@click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew.")
+def run(manifests, out, model, revision, device, dtype, batch_size, workers, address, audio_format, temperature,
+        top_k, max_audio_length_ms, seed, new_run) -> None:
+    """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
+    from jobs.jobrecord import JobMismatch
+    from jobs.manifest import ManifestError
+    from jobs.plan import Defaults
+    from jobs.runner import RunConfig, load_job, run_job
+    from jobs.storage import open_storage
+
+    cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
+                    dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
+                    address=address, audio_format=audio_format, new_run=new_run,
+                    defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
+    try:
+        open_storage(out)
+    except (ValueError, NotImplementedError) as e:
+        _fail(f"--out {out}: {e}")
+    try:
+        conversations = load_job(cfg)
+    except ManifestError as e:
+        _report_problems(e.problems)
+        sys.exit(EXIT_BAD_INPUT)
+    except ModelLoadError as e:
+        _fail(str(e))
+    try:
+        summary = run_job(cfg, conversations)
+    except (JobMismatch, ModelLoadError) as e:
+        _fail(str(e))
+    click.echo(summary.text())
+    sys.exit(summary.exit_code)
+
+
+if __name__ == "__main__":
+    main()

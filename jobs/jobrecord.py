@@ -1,0 +1,58 @@
+"""The job record in OUT: the configuration fingerprint that a re-run on the same OUT must match.
+
+A re-run with another model or other sampling defaults would mix two configurations in one dataset, so it is
+refused unless the user asks for a new run explicitly (`--new-run`), which starts the record afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import metadata as importlib_metadata
+
+from . import layout
+from .storage import Storage
+
+
+class JobMismatch(Exception):
+    pass
+
+
+def project_version() -> str:
+    try:
+        return importlib_metadata.version("csm-render")
+    except importlib_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def fingerprint(model: str, revision: str | None, audio_format: str, defaults: dict) -> dict:
+    return {
+        "model": model,
+        "revision": revision,
+        "audio_format": audio_format,
+        "defaults": dict(sorted(defaults.items())),
+        "version": project_version(),
+    }
+
+
+def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False) -> dict:
+    """Write the record on the first run; on a re-run check that the fingerprint matches."""
+    if storage.exists(layout.JOB_RECORD) and not new_run:
+        record = json.loads(storage.read_bytes(layout.JOB_RECORD))
+        old = record.get("fingerprint", {})
+        diffs = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in sorted(set(old) | set(fp)) if old.get(k) != fp.get(k)]
+        if diffs:
+            raise JobMismatch(
+                f"{storage.url} holds a job with another configuration ({'; '.join(diffs)}). Use the same settings "
+                "to resume it, another --out, or --new-run to render the rest with the new settings"
+            )
+        return record
+    record = {"fingerprint": fp, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
+    return record
+
+
+def read_job_record(storage: Storage) -> dict | None:
+    if not storage.exists(layout.JOB_RECORD):
+        return None
+    return json.loads(storage.read_bytes(layout.JOB_RECORD))

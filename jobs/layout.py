@@ -1,0 +1,46 @@
+"""Where each output lives under OUT. Every name is deterministic, so a re-run writes the same keys.
+
+    OUT/job.json                                  job record: configuration fingerprint
+    OUT/audio/<conversation_id>/<turn>.wav        rendered audio, 24 kHz mono (or .flac)
+    OUT/codes/<conversation_id>/<turn>.npy        Mimi codes [32, frames] int16
+    OUT/commits/<conversation_id>/<turn>.json     commit record, written last: the turn is done iff it exists
+    OUT/metadata/<conversation_id>.parquet        one row per committed turn of a finished conversation
+    OUT/failures/<conversation_id>.json           why a conversation failed (removed when it later succeeds)
+"""
+
+from __future__ import annotations
+
+JOB_RECORD = "job.json"
+
+
+def _turn(turn_index: int) -> str:
+    return f"{turn_index:06d}"
+
+
+def audio_key(conversation_id: str, turn_index: int, ext: str) -> str:
+    return f"audio/{conversation_id}/{_turn(turn_index)}{ext}"
+
+
+def codes_key(conversation_id: str, turn_index: int) -> str:
+    return f"codes/{conversation_id}/{_turn(turn_index)}.npy"
+
+
+def commit_key(conversation_id: str, turn_index: int) -> str:
+    return f"commits/{conversation_id}/{_turn(turn_index)}.json"
+
+
+def metadata_key(conversation_id: str) -> str:
+    return f"metadata/{conversation_id}.parquet"
+
+
+def failure_key(conversation_id: str) -> str:
+    return f"failures/{conversation_id}.json"
+
+
+def parse_commit_key(key: str) -> tuple[str, int] | None:
+    """'commits/<conv>/<turn>.json' -> (conv, turn); anything else -> None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "commits" or not parts[2].endswith(".json"):
+        return None
+    stem = parts[2][: -len(".json")]
+    return (parts[1], int(stem)) if stem.isdigit() else None

@@ -1,0 +1,114 @@
+"""Writing a job's outputs: per-turn audio, codes and commit record; per-conversation metadata; failures.
+
+Order matters: a turn's audio and codes are written first and its commit record last, so a turn is committed
+exactly when its record exists; a crash before that leaves only objects that the re-run overwrites.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from csm_worker.audio import audio_extension, audio_sha256, encode_audio
+from csm_worker.requests import RenderedTurn
+
+from . import layout
+from .storage import Storage
+
+METADATA_SCHEMA = pa.schema([
+    ("conversation_id", pa.string()),
+    ("turn_index", pa.int32()),
+    ("speaker", pa.int32()),
+    ("text", pa.string()),
+    ("audio_path", pa.string()),
+    ("codes_path", pa.string()),
+    ("sample_rate", pa.int32()),
+    ("num_samples", pa.int64()),
+    ("duration_s", pa.float64()),
+    ("num_frames", pa.int32()),
+    ("end_reason", pa.string()),
+    ("seed", pa.int64()),
+    ("temperature", pa.float64()),
+    ("top_k", pa.int32()),
+    ("pause_ms", pa.int32()),
+    ("model", pa.string()),
+    ("sha256", pa.string()),
+    ("rendered_at", pa.string()),
+])
+
+
+class OutputWriter:
+    def __init__(self, storage: Storage, audio_format: str = "wav", model: str = ""):
+        self.storage = storage
+        self.audio_format = audio_format
+        self.ext = audio_extension(audio_format)
+        self.model = model
+
+    def commit_turn(self, turn: RenderedTurn, temperature: float, top_k: int, pause_ms: int | None) -> dict:
+        """Write audio, codes, then the commit record; returns the metadata row."""
+        cid, idx = turn.conversation_id, turn.turn_index
+        data = encode_audio(turn.audio, self.audio_format, turn.sample_rate)
+        audio_path = layout.audio_key(cid, idx, self.ext)
+        codes_path = layout.codes_key(cid, idx)
+        self.storage.write_bytes(audio_path, data)
+        self.storage.write_bytes(codes_path, codes_to_bytes(turn.codes))
+        row = {
+            "conversation_id": cid, "turn_index": idx, "speaker": turn.speaker, "text": turn.text,
+            "audio_path": audio_path, "codes_path": codes_path, "sample_rate": turn.sample_rate,
+            "num_samples": int(len(turn.audio)), "duration_s": len(turn.audio) / turn.sample_rate,
+            "num_frames": turn.num_frames, "end_reason": turn.end_reason, "seed": int(turn.seed),
+            "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
+            "sha256": audio_sha256(data), "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.storage.write_bytes(layout.commit_key(cid, idx), json.dumps(row, sort_keys=True).encode())
+        return row
+
+    def read_commit(self, conversation_id: str, turn_index: int) -> dict:
+        return json.loads(self.storage.read_bytes(layout.commit_key(conversation_id, turn_index)))
+
+    def load_codes(self, conversation_id: str, turn_index: int) -> np.ndarray:
+        return codes_from_bytes(self.storage.read_bytes(layout.codes_key(conversation_id, turn_index)))
+
+    def write_metadata(self, conversation_id: str, rows: list[dict]) -> None:
+        """The conversation's rows, one per committed turn, replacing any earlier file whole."""
+        rows = sorted(rows, key=lambda r: r["turn_index"])
+        table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.storage.write_bytes(layout.metadata_key(conversation_id), buf.getvalue())
+
+    def write_failure(self, conversation_id: str, error_type: str, message: str, attempts: int,
+                      turns_committed: int) -> None:
+        record = {"conversation_id": conversation_id, "error_type": error_type, "message": message,
+                  "attempts": attempts, "turns_committed": turns_committed,
+                  "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.storage.write_bytes(layout.failure_key(conversation_id), json.dumps(record, sort_keys=True).encode())
+
+    def clear_failure(self, conversation_id: str) -> None:
+        self.storage.delete(layout.failure_key(conversation_id))
+
+
+def committed_turns(storage: Storage) -> dict[str, set[int]]:
+    """All committed (conversation, turn) pairs, from one listing of commits/."""
+    done: dict[str, set[int]] = defaultdict(set)
+    for key in storage.list("commits/"):
+        parsed = layout.parse_commit_key(key)
+        if parsed:
+            done[parsed[0]].add(parsed[1])
+    return done
+
+
+def codes_to_bytes(codes: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(codes, dtype=np.int16), allow_pickle=False)  # codes < 2051 fit in int16
+    return buf.getvalue()
+
+
+def codes_from_bytes(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)

@@ -1,0 +1,33 @@
+"""Starting the Ray workers: one actor per GPU (or `--workers N`), CPU actors when there is no GPU."""
+
+from __future__ import annotations
+
+import ray
+
+from .worker import RenderWorker
+
+
+def plan_workers(cfg, num_items: int) -> tuple[int, dict]:
+    """How many workers, and the Ray resources each asks for."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = cfg.device != "cpu" and gpus > 0
+    if cfg.device.startswith("cuda") and not use_gpu:
+        raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPUs")
+    if use_gpu:
+        count = cfg.workers or gpus
+        resources = {"num_gpus": 1, "num_cpus": 1}
+    else:
+        count = cfg.workers or 1
+        resources = {"num_gpus": 0, "num_cpus": 1}
+    return max(1, min(count, num_items)), resources
+
+
+def start_workers(cfg, num_items: int) -> list:
+    count, resources = plan_workers(cfg, num_items)
+    device = "cuda" if resources["num_gpus"] else "cpu"
+    actor = ray.remote(**resources)(RenderWorker)
+    return [
+        actor.remote(cfg.model, cfg.out, device=device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                     audio_format=cfg.audio_format, defaults=cfg.defaults)
+        for _ in range(count)
+    ]

@@ -1,0 +1,179 @@
+"""The driver of `csm-render run`: validate, plan, start Ray workers, follow their progress, summarize.
+
+One obvious loop: each worker (a Ray actor holding one loaded model) streams back small events as it commits
+turns; the driver only counts them. Audio never passes through the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from csm_worker.loading import text_encoder_for
+
+from . import layout
+from .jobrecord import ensure_job_record, fingerprint
+from .manifest import ConversationSpec, ManifestError, load_conversations
+from .outputs import OutputWriter, committed_turns
+from .plan import Defaults, WorkItem, plan
+from .progress import Progress
+from .storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    manifests: list[str]
+    out: str
+    model: str
+    device: str = "auto"
+    dtype: str | None = None
+    batch_size: int = 8
+    workers: int | None = None
+    address: str | None = None
+    audio_format: str = "wav"
+    defaults: Defaults = field(default_factory=Defaults)
+    new_run: bool = False
+    revision: str | None = None
+    check_audio: bool = True
+
+
+@dataclass
+class Summary:
+    conversations: int = 0
+    already_complete: int = 0
+    turns_rendered: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # conversation_id -> error
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def text(self) -> str:
+        rtf = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        lines = [
+            f"conversations: {self.conversations} ({self.already_complete} already complete, "
+            f"{len(self.failed)} failed)",
+            f"turns rendered: {self.turns_rendered}, audio {self.audio_seconds:.1f} s in {self.wall_seconds:.1f} s "
+            f"(realtime factor {rtf:.2f})",
+        ]
+        for cid, err in sorted(self.failed.items()):
+            lines.append(f"FAILED {cid}: {err}")
+        return "\n".join(lines)
+
+
+def load_job(cfg: RunConfig) -> list[ConversationSpec]:
+    """Validate and load the manifests (raises ManifestError listing every problem; nothing is written)."""
+    encoder = text_encoder_for(cfg.model, cfg.revision)
+    return load_conversations(cfg.manifests, text_positions=encoder.positions,
+                              default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
+                              check_audio=cfg.check_audio)
+
+
+def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None) -> Summary:
+    started = time.monotonic()
+    conversations = conversations if conversations is not None else load_job(cfg)
+    storage = open_storage(cfg.out)
+    fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
+    if cfg.new_run:
+        clear_previous_run(storage)
+    ensure_job_record(storage, fp, new_run=cfg.new_run)
+    committed = committed_turns(storage)
+    work, complete = plan(conversations, committed)
+    writer = OutputWriter(storage, cfg.audio_format, cfg.model)
+    repair_metadata(storage, writer, conversations, work, committed)
+    summary = Summary(conversations=len(conversations), already_complete=complete)
+    if work:
+        _render(cfg, work, summary)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def clear_previous_run(storage: Storage) -> None:
+    """--new-run: forget what the earlier run committed, so every turn is rendered with the new settings."""
+    for prefix in ("commits/", "metadata/", "failures/"):
+        for key in storage.list(prefix):
+            storage.delete(key)
+
+
+def repair_metadata(storage: Storage, writer: OutputWriter, conversations: list[ConversationSpec],
+                    work: list[WorkItem], committed: dict[str, set[int]]) -> None:
+    """A run killed between a conversation's last commit and its metadata file leaves the conversation complete
+    but without its rows; write them from the commit records."""
+    pending = {w.conversation_id for w in work}
+    have = set(storage.list("metadata/"))
+    for conv in conversations:
+        cid = conv.conversation_id
+        if cid in pending or layout.metadata_key(cid) in have or not committed.get(cid):
+            continue
+        writer.write_metadata(cid, [writer.read_commit(cid, i) for i in sorted(committed[cid])])
+        writer.clear_failure(cid)
+
+
+def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary) -> None:
+    import ray
+
+    from .ray_pool import start_workers
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.WARNING)
+    try:
+        workers = start_workers(cfg, len(work))
+        shares = [work[i :: len(workers)] for i in range(len(workers))]
+        progress = Progress(total_turns=sum(len(w.remaining) for w in work), conversations=len(work))
+        streams = {w.render.options(num_returns="streaming").remote(share): {x.conversation_id for x in share}
+                   for w, share in zip(workers, shares) if share}
+        _follow(streams, progress, summary)
+        progress.close()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _follow(streams: dict, progress: Progress, summary: Summary) -> None:
+    """Count events from every worker's stream until all end. `streams` maps a stream to the conversations it
+    holds; those a worker never reported (it died) are recorded as failed with the worker's error."""
+    import ray
+
+    done: set[str] = set()
+    while streams:
+        ready, _ = ray.wait(list(streams), num_returns=1, timeout=1.0)
+        progress.refresh()
+        for stream in ready:
+            try:
+                event = ray.get(next(stream))
+            except StopIteration:
+                del streams[stream]
+                continue
+            except Exception as e:  # the worker died or raised outside a conversation
+                for cid in sorted(streams.pop(stream) - done):
+                    summary.failed[cid] = f"worker failed: {_first_line(e)}"
+                    progress.conversation(failed=True)
+                continue
+            _count(event, progress, summary, done)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _count(event: dict, progress: Progress, summary: Summary, done: set[str]) -> None:
+    if event["event"] == "turn":
+        summary.turns_rendered += 1
+        summary.audio_seconds += event["duration_s"]
+        progress.turn(event["duration_s"])
+    else:
+        done.add(event["conversation_id"])
+        if event["error"]:
+            summary.failed[event["conversation_id"]] = f"{event['error_type']}: {event['error']}"
+        progress.conversation(failed=bool(event["error"]))
+
+
+__all__ = ["ManifestError", "RunConfig", "Summary", "load_job", "run_job"]

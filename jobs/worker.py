@@ -1,0 +1,109 @@
+"""The render worker: one loaded model and engine; renders whole conversations and writes their outputs.
+
+Plain Python (the runner wraps it in a Ray actor), so it can be tested and used without Ray. It yields small
+progress events; the audio itself goes straight to storage from here, never through the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
+from csm_worker.audio import load_audio
+
+from .outputs import OutputWriter
+from .plan import Defaults, WorkItem, settings_for
+from .storage import open_storage
+
+
+class RenderWorker:
+    def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None, batch_size: int = 8,
+                 audio_format: str = "wav", defaults: Defaults = Defaults()):
+        self.generator = load_csm_1b(device, model, dtype, batch_size)
+        self.writer = OutputWriter(open_storage(out), audio_format, model)
+        self.defaults = defaults
+        self.batch_size = batch_size
+
+    def info(self) -> dict:
+        return {"device": str(self.generator.device), "dtype": str(self.generator.model.dtype).replace("torch.", ""),
+                "batch_size": self.batch_size}
+
+    def render(self, items: list[WorkItem]) -> Iterator[dict]:
+        """Render the items' remaining turns; yields {"event": "turn", ...} per committed turn and
+        {"event": "done", ...} per conversation (with "error" when it failed)."""
+        state = {w.conversation_id: _Progress(w) for w in items}
+        early: list[tuple[str, Exception]] = []  # conversations that failed before reaching the engine
+        for event in self.generator.render(self._requests(items, early), batch_size=self.batch_size):
+            yield from self._drain(early, state)
+            if isinstance(event, RenderedTurn):
+                turn_event = self._commit(state[event.conversation_id], event)
+                if turn_event:
+                    yield turn_event
+            else:
+                yield self._finish(state[event.conversation_id], event.error_type, event.error)
+        yield from self._drain(early, state)
+
+    def _drain(self, early: list, state: dict) -> Iterator[dict]:
+        while early:
+            cid, e = early.pop(0)
+            yield self._finish(state[cid], type(e).__name__, str(e))
+
+    # -- requests ---------------------------------------------------------------------------------------------
+    def _requests(self, items: list[WorkItem], early: list) -> Iterable[ConversationRequest]:
+        for item in items:
+            try:
+                yield self._request(item)
+            except Exception as e:  # unreadable voice prompt, missing codes: this conversation fails alone
+                early.append((item.conversation_id, e))
+
+    def _request(self, item: WorkItem) -> ConversationRequest:
+        turns = []
+        for t in item.spec.turns:
+            s = settings_for(t, self.defaults)
+            common = dict(turn_index=t.turn_index, speaker=t.speaker, text=t.text, temperature=s["temperature"],
+                          top_k=s["top_k"], max_audio_length_ms=s["max_audio_length_ms"], seed=s["seed"])
+            if t.is_given:
+                turns.append(TurnRequest(**common, audio=load_audio(t.audio)))
+            elif t.turn_index in item.committed:
+                # Resumed: the earlier render's codes are its context, exactly as if it had just been rendered.
+                turns.append(TurnRequest(**common, codes=self.writer.load_codes(t.conversation_id, t.turn_index)))
+            else:
+                turns.append(TurnRequest(**common))
+        return ConversationRequest(item.conversation_id, turns)
+
+    # -- outputs ----------------------------------------------------------------------------------------------
+    def _commit(self, progress: "_Progress", turn: RenderedTurn) -> dict | None:
+        if progress.error:  # an earlier turn of this conversation could not be written: nothing after it counts
+            return None
+        spec = progress.item.spec.turns[turn.turn_index]
+        s = settings_for(spec, self.defaults)
+        try:
+            row = self.writer.commit_turn(turn, s["temperature"], s["top_k"], spec.pause_ms)
+        except Exception as e:
+            progress.error = (type(e).__name__, f"turn {turn.turn_index}: cannot write outputs: {e}")
+            return None
+        progress.rows.append(row)
+        return {"event": "turn", "conversation_id": turn.conversation_id, "turn_index": turn.turn_index,
+                "duration_s": row["duration_s"], "num_frames": row["num_frames"]}
+
+    def _finish(self, progress: "_Progress", error_type: str | None, error: str | None) -> dict:
+        if progress.error and not error:
+            error_type, error = progress.error
+        item = progress.item
+        cid = item.conversation_id
+        rows = [self.writer.read_commit(cid, i) for i in sorted(item.committed)] + progress.rows
+        if rows:
+            self.writer.write_metadata(cid, rows)
+        if error:
+            self.writer.write_failure(cid, error_type or "Error", error, attempts=1, turns_committed=len(rows))
+        else:
+            self.writer.clear_failure(cid)
+        return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
+                "turns_committed": len(rows)}
+
+
+class _Progress:
+    def __init__(self, item: WorkItem):
+        self.item = item
+        self.rows: list[dict] = []
+        self.error: tuple[str, str] | None = None
