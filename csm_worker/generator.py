@@ -41,6 +41,12 @@ class Generator:
             self._engines[b] = Engine(self.model, self.codec, self.loaded.tokenizer, batch_size=b)
         return self._engines[b]
 
+    def max_batch_size(self, memory_fraction: float = 0.6, cap: int = 512) -> int:
+        """Slots whose caches fit in a share of the GPU's free memory (the rest is for weights' workspace,
+        activations and Mimi)."""
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        return max(1, min(cap, int(free * memory_fraction) // self.model.cache_bytes_per_row()))
+
     def render(self, conversations: Iterable[ConversationRequest],
                batch_size: int | None = None) -> Iterator[RenderedTurn | ConversationDone]:
         """Batched API: many conversations, each rendered turn by turn with its earlier turns as context."""

@@ -47,6 +47,11 @@ class CsmModel:
             "decoder": self.decoder.new_cache(rows, self.num_codebooks + 1, self.device, self.dtype),
         }
 
+    def cache_bytes_per_row(self) -> int:
+        elem = torch.finfo(self.dtype).bits // 8
+        per = lambda t, length: 2 * len(t.layers) * t.kv_heads * length * t.head_dim * elem
+        return per(self.backbone, self.window) + per(self.decoder, self.num_codebooks + 1)
+
     # -- embeddings -------------------------------------------------------------------------------------------
     def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text_embed[tokens]  # [n] -> [n, dim]

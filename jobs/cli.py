@@ -108,5 +108,67 @@ def run(manifests, out, model, revision, device, dtype, batch_size, workers, add
     sys.exit(summary.exit_code)
 
 
+@main.command()
+@click.argument("out")
+@click.argument("manifests", nargs=-1)
+def status(out, manifests) -> None:
+    """What OUT holds: conversations and turns done, failed and pending (pending needs MANIFESTS), audio hours,
+    and the last error of each failed conversation."""
+    from jobs.manifest import ManifestError, load_conversations
+    from jobs.status import job_status
+    from jobs.storage import open_storage
+
+    try:
+        storage = open_storage(out)
+    except (ValueError, NotImplementedError) as e:
+        _fail(f"{out}: {e}")
+    conversations = None
+    if manifests:
+        try:
+            conversations = load_conversations(list(manifests), check_audio=False)
+        except ManifestError as e:
+            _report_problems(e.problems)
+            sys.exit(EXIT_BAD_INPUT)
+    click.echo(job_status(storage, conversations).text())
+
+
+@main.command()
+@model_option
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@click.option("--batch-size", default="auto", show_default=True,
+              help="Slots for the engine measurement, or auto (GPU: from free memory; CPU: best of a sweep).")
+@click.option("--frames", default=50, show_default=True, type=click.IntRange(4),
+              help="Frames per turn for the engine measurement.")
+@click.option("--hf-frames", default=20, show_default=True, type=click.IntRange(2),
+              help="Frames for transformers' generate (slow; fewer frames keep the run short).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
+    """Measure the engine against transformers' generate on the same weights, in the same run."""
+    import json
+
+    from csm_worker import bench as bench_mod
+    from csm_worker import load_csm_1b
+
+    try:
+        gen = load_csm_1b(device, model, None if dtype == "auto" else dtype)
+    except ModelLoadError as e:
+        _fail(str(e))
+    if batch_size == "auto":
+        size = bench_mod.auto_batch_size(gen, frames)
+        click.echo(f"--batch-size auto chose {size}", err=True)
+    elif batch_size.isdigit() and int(batch_size) > 0:
+        size = int(batch_size)
+    else:
+        _fail(f"--batch-size must be a positive integer or auto, not {batch_size!r}")
+    result = bench_mod.run_bench(gen, size, frames=frames, hf_frames=hf_frames).as_dict()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        click.echo(f"{key:26s} {value:,.3f}" if isinstance(value, float) else f"{key:26s} {value}")
+
+
 if __name__ == "__main__":
     main()

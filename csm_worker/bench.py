@@ -1,0 +1,165 @@
+"""`csm-render bench`: the engine against transformers' `generate` on the same weights, in the same run.
+
+Every ratio compares two measurements taken here, back to back, in the same dtype, so it holds on a noisy
+machine. Frames are 80 ms of audio; both sides sample (temperature 0.9, top-k 50) as a job would.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .generator import Generator
+from .requests import ConversationRequest, RenderedTurn, TurnRequest
+
+FRAME_S = 0.08
+PROMPT = "The quick brown fox jumps over the lazy dog, and then it takes a nap."
+
+
+@dataclass
+class BenchResult:
+    model: str
+    device: str
+    dtype: str
+    batch_size: int
+    frames: int
+    engine_frames_per_s: float
+    engine_b1_frames_per_s: float
+    hf_b1_frames_per_s: float
+    hf_bN_frames_per_s: float
+    speedup_vs_hf_b1: float
+    speedup_vs_hf_bN: float
+    turn_cost_ratio: float
+    realtime_factor: float
+    realtime_factor_b1: float
+    peak_flops_per_s: float
+    decode_flops_per_frame: float
+    compute_efficiency: float
+    peak_memory_mb: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def engine_frames_per_s(gen: Generator, batch_size: int, frames: int, conversations: int | None = None) -> float:
+    """Frames per second with `batch_size` slots busy: `conversations` one-turn conversations of `frames` frames."""
+    n = conversations or batch_size
+    convs = [ConversationRequest(f"b{i}", [TurnRequest(0, i % 2, PROMPT, max_audio_length_ms=frames * 80,
+                                                       seed=i)]) for i in range(n)]
+    engine = gen.engine(batch_size)
+    engine.decode_audio = False  # Mimi decoding is measured separately; this is the token loop
+    _warm(gen, engine)
+    _sync(gen.device)
+    start = time.perf_counter()
+    done = sum(ev.num_frames for ev in engine.run(convs) if isinstance(ev, RenderedTurn))
+    _sync(gen.device)
+    return done / (time.perf_counter() - start)
+
+
+def _warm(gen: Generator, engine) -> None:
+    warm = [ConversationRequest("warm", [TurnRequest(0, 0, "warm up", max_audio_length_ms=240, seed=1)])]
+    for _ in engine.run(warm):
+        pass
+
+
+def turn_cost_ratio(gen: Generator, turns: int = 20, frames: int = 25) -> float:
+    """In one conversation of equal turns, the time of the last turn over the first: 1.0 means context reuse
+    makes turn cost independent of the conversation's length (the reference re-prefills everything)."""
+    engine = gen.engine(1)
+    engine.decode_audio = False
+    _warm(gen, engine)
+    conv = ConversationRequest("turns", [TurnRequest(i, i % 2, PROMPT, max_audio_length_ms=frames * 80, seed=i)
+                                         for i in range(turns)])
+    stamps = [time.perf_counter()]
+    for ev in engine.run([conv]):
+        if isinstance(ev, RenderedTurn):
+            _sync(gen.device)
+            stamps.append(time.perf_counter())
+    costs = [b - a for a, b in zip(stamps, stamps[1:])]
+    return costs[-1] / costs[0]
+
+
+@torch.no_grad()
+def hf_frames_per_s(gen: Generator, batch_size: int, frames: int) -> float:
+    """transformers' own `generate` on the same weights, same prompt for every row (it cannot batch unequal
+    prompts without padding), sampling like the engine."""
+    hf = gen.loaded.hf
+    ids = gen.engine(1).text.encode(0, PROMPT)
+    input_ids = torch.tensor([ids] * batch_size, device=gen.device)
+    kwargs = dict(do_sample=True, temperature=0.9, top_k=50, depth_decoder_do_sample=True,
+                  depth_decoder_temperature=0.9, depth_decoder_top_k=50)
+    hf.generate(input_ids=input_ids, max_new_tokens=2, min_new_tokens=2, **kwargs)  # warm-up
+    _sync(gen.device)
+    start = time.perf_counter()
+    out = hf.generate(input_ids=input_ids, max_new_tokens=frames, min_new_tokens=frames, **kwargs)
+    _sync(gen.device)
+    return out.shape[0] * out.shape[1] / (time.perf_counter() - start)
+
+
+def peak_flops_per_s(device, dtype, n: int = 2048, repeats: int = 8) -> float:
+    """The device's own matmul throughput in `dtype`: the ceiling `compute_efficiency` is measured against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def decode_flops_per_frame(gen: Generator) -> float:
+    """Matmul FLOPs one frame needs: one backbone position and codebook-0 head, 32 depth-decoder positions and
+    31 codebook heads. Attention score work is left out (small next to the projections at these lengths)."""
+    cfg = gen.loaded.config
+    dd = cfg.depth_decoder_config
+
+    def per_position(c) -> int:
+        h, k, d, w, f = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size, c.intermediate_size
+        return c.num_hidden_layers * 2 * (w * (h + 2 * k) * d + h * d * w + 3 * w * f)
+
+    backbone = per_position(cfg) + 2 * cfg.hidden_size * cfg.vocab_size
+    decoder = 32 * per_position(dd) + 31 * 2 * dd.hidden_size * cfg.vocab_size + 2 * cfg.hidden_size * dd.hidden_size
+    return float(backbone + decoder)
+
+
+def peak_memory_mb(device) -> float:
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int | None = None) -> BenchResult:
+    hf_frames = hf_frames or min(frames, 20)
+    eng_b1 = engine_frames_per_s(gen, 1, frames)
+    eng_bn = engine_frames_per_s(gen, batch_size, frames) if batch_size > 1 else eng_b1
+    hf_b1 = hf_frames_per_s(gen, 1, hf_frames)
+    hf_bn = hf_frames_per_s(gen, batch_size, hf_frames) if batch_size > 1 else hf_b1
+    peak = peak_flops_per_s(gen.device, gen.model.dtype)
+    per_frame = decode_flops_per_frame(gen)
+    return BenchResult(
+        model=gen.loaded.name, device=str(gen.device), dtype=str(gen.model.dtype).replace("torch.", ""),
+        batch_size=batch_size, frames=frames, engine_frames_per_s=eng_bn, engine_b1_frames_per_s=eng_b1,
+        hf_b1_frames_per_s=hf_b1, hf_bN_frames_per_s=hf_bn, speedup_vs_hf_b1=eng_bn / hf_b1,
+        speedup_vs_hf_bN=eng_bn / hf_bn, turn_cost_ratio=turn_cost_ratio(gen),
+        realtime_factor=eng_bn * FRAME_S, realtime_factor_b1=eng_b1 * FRAME_S, peak_flops_per_s=peak,
+        decode_flops_per_frame=per_frame, compute_efficiency=eng_bn * per_frame / peak,
+        peak_memory_mb=peak_memory_mb(gen.device),
+    )
+
+
+def auto_batch_size(gen: Generator, frames: int, candidates=(8, 16, 32, 64)) -> int:
+    """GPU: the largest batch whose caches fit in a share of free memory. CPU: the fastest of a short sweep."""
+    if str(gen.device).startswith("cuda"):
+        return gen.max_batch_size()
+    rates = {b: engine_frames_per_s(gen, b, min(frames, 12)) for b in candidates}
+    return max(rates, key=rates.get)

@@ -1,0 +1,82 @@
+"""`csm-render status OUT`: what a job's output holds, read from OUT alone (works while the job runs)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import pyarrow.parquet as pq
+
+from . import layout
+from .jobrecord import read_job_record
+from .manifest import ConversationSpec
+from .outputs import committed_turns
+from .storage import Storage
+
+
+@dataclass
+class JobStatus:
+    out: str
+    fingerprint: dict | None
+    conversations_done: int = 0
+    conversations_failed: int = 0
+    conversations_pending: int | None = None  # known only when the manifest is given
+    turns_done: int = 0
+    turns_pending: int | None = None
+    audio_seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        lines = [f"output: {self.out}"]
+        if self.fingerprint:
+            fp = self.fingerprint
+            lines.append(f"model: {fp.get('model')}  format: {fp.get('audio_format')}  defaults: {fp.get('defaults')}")
+        pending = lambda n: "?" if n is None else str(n)
+        lines.append(f"conversations: {self.conversations_done} done, {self.conversations_failed} failed, "
+                     f"{pending(self.conversations_pending)} pending")
+        lines.append(f"turns: {self.turns_done} done, {pending(self.turns_pending)} pending")
+        lines.append(f"audio rendered: {self.audio_seconds / 3600:.3f} h ({self.audio_seconds:.1f} s)")
+        for cid, err in sorted(self.failures.items()):
+            lines.append(f"FAILED {cid}: {err}")
+        return "\n".join(lines)
+
+
+def job_status(storage: Storage, conversations: list[ConversationSpec] | None = None) -> JobStatus:
+    status = JobStatus(out=storage.url, fingerprint=(read_job_record(storage) or {}).get("fingerprint"))
+    committed = committed_turns(storage)
+    status.turns_done = sum(len(t) for t in committed.values())
+    status.audio_seconds = _audio_seconds(storage, committed)
+    for key in storage.list("failures/"):
+        record = json.loads(storage.read_bytes(key))
+        status.failures[record["conversation_id"]] = f"{record['error_type']}: {record['message']}"
+    status.conversations_failed = len(status.failures)
+    finished = {k[len("metadata/"):-len(".parquet")] for k in storage.list("metadata/")}
+    if conversations is None:
+        status.conversations_done = len(finished - set(status.failures))
+        return status
+    status.conversations_done = status.conversations_pending = status.turns_pending = 0
+    for conv in conversations:
+        left = [t for t in conv.turns if not t.is_given and t.turn_index not in committed.get(conv.conversation_id, ())]
+        status.turns_pending += len(left)
+        if not left:
+            status.conversations_done += 1
+        elif conv.conversation_id not in status.failures:
+            status.conversations_pending += 1
+    return status
+
+
+def _audio_seconds(storage: Storage, committed: dict[str, set[int]]) -> float:
+    """Durations from the metadata files, plus commit records of conversations not finished yet."""
+    total, covered = 0.0, set()
+    for key in storage.list("metadata/"):
+        table = pq.read_table(io.BytesIO(storage.read_bytes(key)), columns=["conversation_id", "turn_index",
+                                                                            "duration_s"])
+        for cid, idx, dur in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            covered.add((cid, idx))
+            total += dur
+    for cid, turns in committed.items():
+        for idx in turns:
+            if (cid, idx) not in covered:
+                total += json.loads(storage.read_bytes(layout.commit_key(cid, idx)))["duration_s"]
+    return total
