@@ -39,17 +39,28 @@ def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False) -> dict
     """Write the record on the first run; on a re-run check that the fingerprint matches."""
     if storage.exists(layout.JOB_RECORD) and not new_run:
         record = json.loads(storage.read_bytes(layout.JOB_RECORD))
-        old = record.get("fingerprint", {})
-        diffs = [f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in sorted(set(old) | set(fp)) if old.get(k) != fp.get(k)]
+        diffs = _differences(record.get("fingerprint", {}), fp)
         if diffs:
             raise JobMismatch(
                 f"{storage.url} holds a job with another configuration ({'; '.join(diffs)}). Use the same settings "
-                "to resume it, another --out, or --new-run to render the rest with the new settings"
+                "to resume it, another --out, or --new-run to discard it and render everything with the new settings"
             )
         return record
     record = {"fingerprint": fp, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
     return record
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'defaults.temperature: 0.9 -> 0.5' for each field that differs, nested dicts flattened."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def read_job_record(storage: Storage) -> dict | None:

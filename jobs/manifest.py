@@ -381,10 +381,12 @@ def _expand(arg: str) -> tuple[list[str], str | None]:
 
 def _parquet_files_below(folder: str) -> list[str]:
     """Sorted *.parquet files below `folder`, skipping names that start with '.' or '_' as Spark and pyarrow
-    do (_SUCCESS markers, _temporary folders, hidden checksum files)."""
+    do (_SUCCESS markers, _temporary folders, hidden checksum files), and csm-render output folders (those with
+    a job.json): an OUT kept beside the manifests holds metadata Parquet files that are not manifests."""
     found = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))
+                   and not os.path.exists(os.path.join(root, d, "job.json"))]
         found += [os.path.join(root, n) for n in names if n.endswith(".parquet") and not n.startswith((".", "_"))]
     return sorted(found)
 

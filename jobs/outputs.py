@@ -53,8 +53,11 @@ class OutputWriter:
     def commit_turn(self, turn: RenderedTurn, temperature: float, top_k: int, pause_ms: int | None) -> dict:
         """Write audio, codes, then the commit record; returns the metadata row."""
         cid, idx = turn.conversation_id, turn.turn_index
-        data = encode_audio(turn.audio, self.audio_format, turn.sample_rate)
-        audio_path = layout.audio_key(cid, idx, self.ext)
+        # A turn the model ended at once has no samples; libsndfile cannot write (or read) an empty FLAC, so such
+        # a turn is stored as an empty WAV whatever the job's format.
+        fmt, ext = (self.audio_format, self.ext) if len(turn.audio) else ("wav", ".wav")
+        data = encode_audio(turn.audio, fmt, turn.sample_rate)
+        audio_path = layout.audio_key(cid, idx, ext)
         codes_path = layout.codes_key(cid, idx)
         self.storage.write_bytes(audio_path, data)
         self.storage.write_bytes(codes_path, codes_to_bytes(turn.codes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from csm_worker.loading import text_encoder_for
@@ -94,8 +95,9 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
 
 
 def clear_previous_run(storage: Storage) -> None:
-    """--new-run: forget what the earlier run committed, so every turn is rendered with the new settings."""
-    for prefix in ("commits/", "metadata/", "failures/"):
+    """--new-run: discard the earlier run (commit records first, so no turn stays committed without its files),
+    then render every turn with the new settings."""
+    for prefix in ("commits/", "metadata/", "failures/", "audio/", "codes/"):
         for key in storage.list(prefix):
             storage.delete(key)
 
@@ -127,21 +129,23 @@ def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary) -> None:
         workers = start_workers(cfg, len(work))
         shares = [work[i :: len(workers)] for i in range(len(workers))]
         progress = Progress(total_turns=sum(len(w.remaining) for w in work), conversations=len(work))
-        streams = {w.render.options(num_returns="streaming").remote(share): {x.conversation_id for x in share}
+        streams = {w.render.options(num_returns="streaming").remote(share):
+                   {x.conversation_id: len(x.committed) for x in share}
                    for w, share in zip(workers, shares) if share}
-        _follow(streams, progress, summary)
+        _follow(streams, progress, summary, OutputWriter(open_storage(cfg.out), cfg.audio_format, cfg.model))
         progress.close()
     finally:
         if owns_ray:
             ray.shutdown()
 
 
-def _follow(streams: dict, progress: Progress, summary: Summary) -> None:
+def _follow(streams: dict, progress: Progress, summary: Summary, writer: OutputWriter) -> None:
     """Count events from every worker's stream until all end. `streams` maps a stream to the conversations it
-    holds; those a worker never reported (it died) are recorded as failed with the worker's error."""
+    holds; those a worker never reported (it died) are recorded as failed, in OUT too, with the worker's error."""
     import ray
 
     done: set[str] = set()
+    turns: Counter[str] = Counter()  # turns committed in this run, per conversation
     while streams:
         ready, _ = ray.wait(list(streams), num_returns=1, timeout=1.0)
         progress.refresh()
@@ -152,11 +156,15 @@ def _follow(streams: dict, progress: Progress, summary: Summary) -> None:
                 del streams[stream]
                 continue
             except Exception as e:  # the worker died or raised outside a conversation
-                for cid in sorted(streams.pop(stream) - done):
+                held = streams.pop(stream)
+                for cid in sorted(set(held) - done):
                     summary.failed[cid] = f"worker failed: {_first_line(e)}"
+                    writer.write_failure(cid, "WorkerError", summary.failed[cid], attempts=1,
+                                         turns_committed=held[cid] + turns[cid])
                     progress.conversation(failed=True)
                 continue
             _count(event, progress, summary, done)
+            turns[event["conversation_id"]] += event["event"] == "turn"
 
 
 def _first_line(e: Exception) -> str:

@@ -1,0 +1,371 @@
+"""End to end: `csm-render run` on a real manifest, a real local Ray and the `random:tiny` model.
+
+Each Ray start costs seconds, so one first run (module fixture) serves most checks, and the re-run, resume and
+--new-run tests work on copies of its output folder. The CLI runs in a subprocess, from a folder other than the
+manifest's, so relative audio paths must resolve against the manifest. The first run starts (and stops) its own
+local Ray; the later rendering runs join one local Ray that this module starts once (`--address`, as a job on a
+running cluster would), and the run_job tests use that Ray in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from jobs import layout
+from jobs.plan import turn_seed
+from jobs.storage import TMP_PREFIX
+
+pytestmark = pytest.mark.slow
+
+SAMPLE_RATE = 24_000
+SAMPLES_PER_FRAME = 1920
+MAX_MS = 400  # the job default for every test run: 5 frames a turn at most
+JOB_ARGS = ("--model", "random:tiny", "--max-audio-length-ms", MAX_MS, "--batch-size", 2)
+
+# (conversation_id, turn_index, speaker, text, optional columns). "intro" turn 0 is given (a voice prompt);
+# "kitchen" carries per-row settings that must win over the job defaults.
+ROWS = [
+    ("intro", 0, 0, "This is my voice.", {"audio": "voices/prompt.wav"}),
+    ("intro", 1, 1, "Nice to hear you.", {}),
+    ("intro", 2, 0, "Shall we begin?", {}),
+    ("intro", 3, 1, "Yes, let us.", {}),
+    ("kitchen", 0, 0, "Did you buy the bread?", {}),
+    ("kitchen", 1, 1, "I did, and some cheese.", {"temperature": 0.7, "top_k": 10, "seed": 42, "pause_ms": 300}),
+    ("kitchen", 2, 0, "Perfect.", {"max_audio_length_ms": 240}),
+    ("short", 0, 1, "Hi.", {}),
+    ("short", 1, 0, "Hello.", {}),
+    ("station", 0, 1, "Is this the train to the coast?", {}),
+    ("station", 1, 0, "It is.", {}),
+    ("station", 2, 1, "Thank you.", {}),
+]
+OPTIONAL_TYPES = {"audio": pa.string(), "temperature": pa.float64(), "top_k": pa.int32(), "seed": pa.int64(),
+                  "pause_ms": pa.int32(), "max_audio_length_ms": pa.int32()}
+RENDERED = {(cid, idx) for cid, idx, _, _, extra in ROWS if "audio" not in extra}
+BY_KEY = {(cid, idx): (speaker, text, extra) for cid, idx, speaker, text, extra in ROWS}
+
+
+def write_manifest(folder: Path, rows=ROWS, drop: tuple[str, ...] = ()) -> Path:
+    """The manifest (rows in reverse order: the loader must sort turns) plus its 16 kHz stereo voice prompt."""
+    (folder / "voices").mkdir(parents=True, exist_ok=True)
+    t = np.arange(8000) / 16_000  # 0.5 s
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], axis=1)
+    sf.write(folder / "voices" / "prompt.wav", stereo, 16_000, subtype="PCM_16")
+    rows = list(reversed(rows))
+    columns = {
+        "conversation_id": pa.array([r[0] for r in rows], pa.string()),
+        "turn_index": pa.array([r[1] for r in rows], pa.int32()),
+        "speaker": pa.array([r[2] for r in rows], pa.int32()),
+        "text": pa.array([r[3] for r in rows], pa.string()),
+    }
+    for name, type_ in OPTIONAL_TYPES.items():
+        columns[name] = pa.array([r[4].get(name) for r in rows], type_)
+    for name in drop:
+        del columns[name]
+    path = folder / "dialogue.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def turns_rendered(result) -> int:
+    match = re.search(r"turns rendered: (\d+)", result.stdout)
+    assert match, f"no summary in stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return int(match.group(1))
+
+
+def ok(result) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def metadata_rows(out: Path) -> list[dict]:
+    return ds.dataset(out / "metadata", format="parquet").to_table().to_pylist()
+
+
+def snapshot(out: Path, *folders: str) -> dict[str, tuple[int, bytes]]:
+    """(mtime_ns, bytes) of every file under the given folders of OUT."""
+    files = [p for folder in folders for p in sorted((out / folder).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+
+
+def tmp_files(out: Path) -> list[str]:
+    return [str(p) for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
+
+def codes_of(out: Path, cid: str, idx: int) -> np.ndarray:
+    return np.load(out / layout.codes_key(cid, idx), allow_pickle=False)
+
+
+@dataclass
+class Run:
+    root: Path  # the folder the CLI runs in
+    manifest: Path
+    out: Path
+    result: object
+    rows: list[dict]
+
+    def command(self, out: Path, *extra) -> tuple:
+        return ("run", self.manifest, "--out", out, *JOB_ARGS, *extra)
+
+
+@pytest.fixture(scope="module")
+def ray_session(csm_cache):
+    """One local Ray for this module's later runs: in-process for run_job (which leaves a Ray it did not start
+    running), by address for the CLI."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_session) -> str:
+    return ray_session.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, csm_render) -> Run:
+    root = tmp_path_factory.mktemp("cli-run")
+    manifest = write_manifest(root / "manifest")
+    out = root / "out"
+    result = csm_render("run", manifest.relative_to(root), "--out", "out", *JOB_ARGS, cwd=root)
+    ok(result)
+    return Run(root, manifest, out, result, metadata_rows(out))
+
+
+def copy_out(first: Run, name: str) -> Path:
+    dest = first.root / name
+    shutil.copytree(first.out, dest)
+    return dest
+
+
+# --- the first run -----------------------------------------------------------------------------------------------
+
+def test_first_run_renders_every_turn_once(first):
+    keys = [(r["conversation_id"], r["turn_index"]) for r in first.rows]
+    assert len(keys) == len(set(keys)), f"duplicate metadata rows: {sorted(keys)}"
+    assert set(keys) == RENDERED
+    assert turns_rendered(first.result) == len(RENDERED)
+    assert "0 failed" in first.result.stdout
+
+
+def test_first_run_files_match_their_metadata(first):
+    for row in first.rows:
+        where = f"{row['conversation_id']}/{row['turn_index']}"
+        assert row["audio_path"] == layout.audio_key(row["conversation_id"], row["turn_index"], ".wav"), where
+        audio_file = first.out / row["audio_path"]
+        assert audio_file.is_file(), where
+        info = sf.info(str(audio_file))
+        samples, rate = sf.read(str(audio_file), dtype="float32")
+        assert (rate, info.channels, info.format) == (SAMPLE_RATE, 1, "WAV"), where
+        assert samples.ndim == 1 and len(samples) == row["num_samples"], where
+        assert row["sample_rate"] == SAMPLE_RATE, where
+        assert row["num_samples"] == row["num_frames"] * SAMPLES_PER_FRAME, where
+        assert row["duration_s"] == pytest.approx(row["num_samples"] / SAMPLE_RATE), where
+        assert hashlib.sha256(audio_file.read_bytes()).hexdigest() == row["sha256"], where
+        codes = np.load(first.out / row["codes_path"], allow_pickle=False)
+        assert codes.shape == (32, row["num_frames"]), where
+        assert codes.min(initial=0) >= 0 and codes.max(initial=0) < 2051, where
+
+
+def test_first_run_metadata_columns(first):
+    for row in first.rows:
+        cid, idx = row["conversation_id"], row["turn_index"]
+        speaker, text, extra = BY_KEY[(cid, idx)]
+        assert (row["speaker"], row["text"], row["model"]) == (speaker, text, "random:tiny"), (cid, idx)
+        assert row["seed"] == extra.get("seed", turn_seed(0, cid, idx)), (cid, idx)
+        assert row["temperature"] == pytest.approx(extra.get("temperature", 0.9)), (cid, idx)
+        assert row["top_k"] == extra.get("top_k", 50), (cid, idx)
+        assert row["pause_ms"] == extra.get("pause_ms"), (cid, idx)
+        max_frames = -(-extra.get("max_audio_length_ms", MAX_MS) // 80)
+        assert row["end_reason"] in ("eos", "max_length"), (cid, idx)
+        if row["end_reason"] == "max_length":
+            assert row["num_frames"] == max_frames, (cid, idx)
+        else:
+            assert row["num_frames"] < max_frames, (cid, idx)
+    # Derived seeds differ from turn to turn (they are not all the job seed).
+    assert len({r["seed"] for r in first.rows}) == len(first.rows)
+
+
+def test_first_run_writes_job_record_and_no_temp_files(first):
+    record = json.loads((first.out / layout.JOB_RECORD).read_text())
+    fp = record["fingerprint"]
+    assert fp["model"] == "random:tiny" and fp["audio_format"] == "wav"
+    assert fp["defaults"]["max_audio_length_ms"] == MAX_MS
+    assert tmp_files(first.out) == []
+    commits = sorted(str(p.relative_to(first.out)) for p in (first.out / "commits").rglob("*.json"))
+    assert commits == sorted(layout.commit_key(cid, idx) for cid, idx in RENDERED)
+
+
+# --- re-running the same command ---------------------------------------------------------------------------------
+
+def test_rerun_renders_nothing_and_touches_nothing(first, csm_render):
+    out = copy_out(first, "out-rerun")
+    before = snapshot(out, "audio", "codes", "commits", "metadata")
+    result = csm_render(*first.command(out))
+    ok(result)
+    assert turns_rendered(result) == 0
+    assert "4 already complete" in result.stdout
+    assert snapshot(out, "audio", "codes", "commits", "metadata") == before
+    assert tmp_files(out) == []
+
+
+# --- other settings on the same OUT ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def new_run(first, csm_render, ray_address):
+    """A copy of the first run's OUT, a refused re-run with another temperature, then --new-run (as FLAC)."""
+    out = copy_out(first, "out-new-run")
+    before = snapshot(out, "")
+    refused = csm_render(*first.command(out, "--temperature", 0.5))
+    after_refusal = snapshot(out, "")
+    result = csm_render(*first.command(out, "--temperature", 0.5, "--new-run", "--format", "flac",
+                                       "--address", ray_address))
+    return out, before, refused, after_refusal, result
+
+
+def test_other_temperature_is_refused_and_writes_nothing(new_run):
+    out, before, refused, after_refusal, _ = new_run
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "temperature" in refused.stderr and "0.5" in refused.stderr and "0.9" in refused.stderr
+    assert "--new-run" in refused.stderr
+    assert after_refusal == before
+
+
+def test_new_run_renders_every_turn_again_as_flac(new_run):
+    out, _, _, _, result = new_run
+    ok(result)
+    assert turns_rendered(result) == len(RENDERED)
+    rows = metadata_rows(out)
+    assert sorted((r["conversation_id"], r["turn_index"]) for r in rows) == sorted(RENDERED)
+    for row in rows:
+        cid, idx = row["conversation_id"], row["turn_index"]
+        assert row["audio_path"] == layout.audio_key(cid, idx, ".flac")
+        audio_file = out / row["audio_path"]
+        info = sf.info(str(audio_file))
+        samples, rate = sf.read(str(audio_file), dtype="float32")
+        assert (rate, info.channels, info.format) == (SAMPLE_RATE, 1, "FLAC"), (cid, idx)
+        assert len(samples) == row["num_samples"] == row["num_frames"] * SAMPLES_PER_FRAME, (cid, idx)
+        assert hashlib.sha256(audio_file.read_bytes()).hexdigest() == row["sha256"], (cid, idx)
+        assert row["temperature"] == pytest.approx(BY_KEY[(cid, idx)][2].get("temperature", 0.5)), (cid, idx)
+    fp = json.loads((out / layout.JOB_RECORD).read_text())["fingerprint"]
+    assert fp["audio_format"] == "flac" and fp["defaults"]["temperature"] == 0.5
+    assert tmp_files(out) == []
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+def test_invalid_manifest_exits_2_and_writes_nothing(tmp_path, csm_render):
+    manifest = write_manifest(tmp_path / "manifest", drop=("text",))
+    out = tmp_path / "out"
+    result = csm_render("run", manifest, "--out", out, *JOB_ARGS)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "column text" in result.stderr and "nothing was rendered or written" in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- resuming a partly committed job -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resumed(first, csm_render, ray_address):
+    """The first run's OUT with the last turn of "intro" (after a given voice prompt and two rendered turns)
+    uncommitted: its commit record, audio and codes removed, and the conversation's metadata with them."""
+    out = copy_out(first, "out-resume")
+    cid, idx = "intro", 3
+    for key in (layout.commit_key(cid, idx), layout.metadata_key(cid), layout.audio_key(cid, idx, ".wav"),
+                layout.codes_key(cid, idx)):
+        (out / key).unlink()
+    kept = snapshot(out, "audio", "codes", "commits", "metadata")
+    result = csm_render(*first.command(out, "--address", ray_address))
+    return out, kept, result
+
+
+def test_resume_renders_exactly_the_uncommitted_turn(first, resumed):
+    out, kept, result = resumed
+    ok(result)
+    assert turns_rendered(result) == 1
+    assert "3 already complete" in result.stdout
+    # Nothing that was committed was written again.
+    now = snapshot(out, "audio", "codes", "commits", "metadata")
+    assert {k: now[k] for k in kept} == kept
+    assert set(now) - set(kept) == {layout.commit_key("intro", 3), layout.metadata_key("intro"),
+                                     layout.audio_key("intro", 3, ".wav"), layout.codes_key("intro", 3)}
+    rows = metadata_rows(out)
+    assert sorted((r["conversation_id"], r["turn_index"]) for r in rows) == sorted(RENDERED)
+    assert tmp_files(out) == []
+
+
+def test_resume_renders_the_turn_as_the_first_run_did(first, resumed):
+    """Same seed, and the stored codes of turns 1-2 (after the given prompt) as context: the same codes."""
+    out, _, _ = resumed
+    np.testing.assert_array_equal(codes_of(out, "intro", 3), codes_of(first.out, "intro", 3))
+    row = next(r for r in metadata_rows(out) if (r["conversation_id"], r["turn_index"]) == ("intro", 3))
+    first_row = next(r for r in first.rows if (r["conversation_id"], r["turn_index"]) == ("intro", 3))
+    for column in ("num_frames", "num_samples", "end_reason", "seed", "temperature", "top_k"):
+        assert row[column] == first_row[column], column
+
+
+# --- a failing conversation, through run_job -----------------------------------------------------------------------
+
+def test_failing_conversation_is_recorded_then_resumed(tmp_path, ray_session):
+    from jobs.manifest import ConversationSpec, TurnSpec
+    from jobs.plan import Defaults
+    from jobs.runner import RunConfig, run_job
+
+    prompt = tmp_path / "late.wav"  # written only before the second run
+    bad = ConversationSpec("bad", [TurnSpec("bad", 0, 0, "My voice.", audio=str(prompt)),
+                                   TurnSpec("bad", 1, 1, "Reply.")])
+    good = ConversationSpec("good", [TurnSpec("good", 0, 0, "One."), TurnSpec("good", 1, 1, "Two.")])
+    out = tmp_path / "out"
+    cfg = RunConfig(manifests=[], out=str(out), model="random:tiny", batch_size=2,
+                    defaults=Defaults(max_audio_length_ms=240))
+
+    summary = run_job(cfg, conversations=[bad, good])
+    assert summary.exit_code == 1
+    assert set(summary.failed) == {"bad"} and "late.wav" in summary.failed["bad"]
+    assert summary.turns_rendered == 2
+    record = json.loads((out / layout.failure_key("bad")).read_text())
+    assert record["conversation_id"] == "bad"
+    assert record["error_type"] == "AudioError" and "late.wav" in record["message"]
+    assert record["turns_committed"] == 0
+    rows = metadata_rows(out)
+    assert sorted((r["conversation_id"], r["turn_index"]) for r in rows) == [("good", 0), ("good", 1)]
+    assert not (out / layout.failure_key("good")).exists()
+    assert not (out / "commits" / "bad").exists()
+
+    t = np.arange(4800) / 24_000
+    sf.write(prompt, 0.2 * np.sin(2 * np.pi * 200 * t), 24_000, subtype="PCM_16")
+    summary = run_job(cfg, conversations=[bad, good])
+    assert summary.exit_code == 0 and summary.failed == {}
+    assert (summary.turns_rendered, summary.already_complete) == (1, 1)
+    assert not (out / layout.failure_key("bad")).exists()
+    rows = metadata_rows(out)
+    assert sorted((r["conversation_id"], r["turn_index"]) for r in rows) == [("bad", 1), ("good", 0), ("good", 1)]
+    assert (out / layout.audio_key("bad", 1, ".wav")).is_file()
+    assert tmp_files(out) == []
+
+
+def test_conversations_of_a_dead_worker_are_recorded(tmp_path, ray_session):
+    from jobs.manifest import ConversationSpec, TurnSpec
+    from jobs.plan import Defaults
+    from jobs.runner import RunConfig, run_job
+
+    out = tmp_path / "out"
+    # run_job skips the driver-side model check when given conversations, so the worker's own load fails.
+    cfg = RunConfig(manifests=[], out=str(out), model="random:no-such-preset", batch_size=2,
+                    defaults=Defaults(max_audio_length_ms=240))
+    summary = run_job(cfg, conversations=[ConversationSpec("lost", [TurnSpec("lost", 0, 0, "One.")])])
+    assert summary.exit_code == 1 and set(summary.failed) == {"lost"}
+    assert "no-such-preset" in summary.failed["lost"]
+    record = json.loads((out / layout.failure_key("lost")).read_text())
+    assert "no-such-preset" in record["message"]
