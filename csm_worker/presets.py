@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRESET_PREFIX = "random:"
-PRESET_FORMAT_VERSION = 1  # bump when a preset's architecture or tokenizer changes, so old caches are not reused
+PRESET_FORMAT_VERSION = 2  # bump when a preset's architecture or tokenizer changes, so old caches are not reused
 
 # Llama-3.2-1B's special tokens as CSM uses them: text BOS/EOS, the audio placeholder and the audio end marker.
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|AUDIO|>", "<|audio_eos|>")
@@ -201,5 +201,20 @@ def write_preset(preset: Preset, folder: Path) -> None:
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(preset.seed)
         model = CsmForConditionalGeneration(csm_config(preset))
+        _randomize_codebooks(model.codec_model)
         model.save_pretrained(folder)
     byte_level_tokenizer(preset.first_special_id).save_pretrained(folder)
+
+
+def _randomize_codebooks(mimi) -> None:
+    """transformers initializes Mimi's codebooks to zeros (real ones are learned), which would make every
+    preset encode all audio to code 0 and decode every code sequence to the same sound. Seeded random codebook
+    vectors make presets behave like a codec: different codes, different audio."""
+    import torch
+    from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
+
+    with torch.no_grad():
+        for module in mimi.modules():
+            if isinstance(module, MimiEuclideanCodebook):
+                module.embed_sum.copy_(0.1 * torch.randn(module.embed_sum.shape))
+                module.cluster_usage.fill_(1.0)
