@@ -169,13 +169,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def open_storage(out: str | os.PathLike) -> Storage:
-    """Storage for a job's OUT: a local folder path or file:// URL; s3:// arrives with the S3 backend."""
+def open_storage(out: str | os.PathLike, s3_endpoint_url: str | None = None) -> Storage:
+    """Storage for a job's OUT: a local folder path, a file:// URL, or s3://bucket/prefix.
+
+    S3 settings come from the standard AWS configuration (environment, profiles, AWS_ENDPOINT_URL);
+    `s3_endpoint_url` (the CLI's --s3-endpoint-url) overrides the endpoint. Local paths ignore it.
+    """
     out = os.fspath(out)
     if not out:
         raise ValueError("output location is empty: give a folder path or an s3://bucket/prefix URL")
     if out.startswith("s3://"):
-        raise NotImplementedError("S3 output arrives with the storage issue")
+        from .storage_s3 import S3Storage  # imported here so boto3 loads only when S3 is used
+
+        return S3Storage(out, endpoint_url=s3_endpoint_url)
     if out.startswith("file://"):
         return LocalStorage(_file_url_path(out))
     if "://" in out:

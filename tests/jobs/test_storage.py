@@ -165,8 +165,6 @@ def test_open_storage_file_url_with_escapes(tmp_path):
 
 
 def test_open_storage_rejects_others():
-    with pytest.raises(NotImplementedError, match="S3"):
-        open_storage("s3://bucket/prefix")
     with pytest.raises(ValueError, match="gs://"):
         open_storage("gs://bucket/prefix")
     with pytest.raises(ValueError, match="host"):
