@@ -58,7 +58,9 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check) ->
 
 @main.command()
 @click.argument("manifests", nargs=-1, required=True)
-@click.option("--out", required=True, help="Output folder (a local path; s3://bucket/prefix in a later release).")
+@click.option("--out", required=True, help="Output: a local folder or s3://bucket/prefix.")
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint (MinIO, R2, ...); else the standard "
+              "AWS configuration (AWS_ENDPOINT_URL, profiles) applies.")
 @model_option
 @revision_option
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -76,8 +78,8 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check) ->
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
               "their own seed derive one from it, the conversation and the turn index.")
 @click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew.")
-def run(manifests, out, model, revision, device, dtype, batch_size, workers, address, audio_format, temperature,
-        top_k, max_audio_length_ms, seed, new_run) -> None:
+def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, address,
+        audio_format, temperature, top_k, max_audio_length_ms, seed, new_run) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.jobrecord import JobMismatch
     from jobs.manifest import ManifestError
@@ -87,11 +89,11 @@ def run(manifests, out, model, revision, device, dtype, batch_size, workers, add
 
     cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
                     dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
-                    address=address, audio_format=audio_format, new_run=new_run,
+                    address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
     try:
-        open_storage(out)
-    except (ValueError, NotImplementedError) as e:
+        open_storage(out, s3_endpoint_url)
+    except ValueError as e:
         _fail(f"--out {out}: {e}")
     try:
         conversations = load_job(cfg)
@@ -111,7 +113,8 @@ def run(manifests, out, model, revision, device, dtype, batch_size, workers, add
 @main.command()
 @click.argument("out")
 @click.argument("manifests", nargs=-1)
-def status(out, manifests) -> None:
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for an s3:// OUT.")
+def status(out, manifests, s3_endpoint_url) -> None:
     """What OUT holds: conversations and turns done, failed and pending (pending needs MANIFESTS), audio hours,
     and the last error of each failed conversation."""
     from jobs.manifest import ManifestError, load_conversations
@@ -119,8 +122,8 @@ def status(out, manifests) -> None:
     from jobs.storage import open_storage
 
     try:
-        storage = open_storage(out)
-    except (ValueError, NotImplementedError) as e:
+        storage = open_storage(out, s3_endpoint_url)
+    except ValueError as e:
         _fail(f"{out}: {e}")
     conversations = None
     if manifests:

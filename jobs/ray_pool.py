@@ -28,6 +28,7 @@ def start_workers(cfg, num_items: int) -> list:
     actor = ray.remote(**resources)(RenderWorker)
     return [
         actor.remote(cfg.model, cfg.out, device=device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                     audio_format=cfg.audio_format, defaults=cfg.defaults)
+                     audio_format=cfg.audio_format, defaults=cfg.defaults,
+                     s3_endpoint_url=cfg.s3_endpoint_url)
         for _ in range(count)
     ]

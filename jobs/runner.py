@@ -39,6 +39,7 @@ class RunConfig:
     new_run: bool = False
     revision: str | None = None
     check_audio: bool = True
+    s3_endpoint_url: str | None = None
 
 
 @dataclass
@@ -78,7 +79,7 @@ def load_job(cfg: RunConfig) -> list[ConversationSpec]:
 def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None) -> Summary:
     started = time.monotonic()
     conversations = conversations if conversations is not None else load_job(cfg)
-    storage = open_storage(cfg.out)
+    storage = open_storage(cfg.out, cfg.s3_endpoint_url)
     fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
     if cfg.new_run:
         clear_previous_run(storage)
@@ -89,7 +90,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     repair_metadata(storage, writer, conversations, work, committed)
     summary = Summary(conversations=len(conversations), already_complete=complete)
     if work:
-        _render(cfg, work, summary)
+        _render(cfg, work, summary, writer)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -116,7 +117,7 @@ def repair_metadata(storage: Storage, writer: OutputWriter, conversations: list[
         writer.clear_failure(cid)
 
 
-def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary) -> None:
+def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary, writer: OutputWriter) -> None:
     import ray
 
     from .ray_pool import start_workers
@@ -132,7 +133,7 @@ def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary) -> None:
         streams = {w.render.options(num_returns="streaming").remote(share):
                    {x.conversation_id: len(x.committed) for x in share}
                    for w, share in zip(workers, shares) if share}
-        _follow(streams, progress, summary, OutputWriter(open_storage(cfg.out), cfg.audio_format, cfg.model))
+        _follow(streams, progress, summary, writer)
         progress.close()
     finally:
         if owns_ray:

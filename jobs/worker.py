@@ -18,9 +18,10 @@ from .storage import open_storage
 
 class RenderWorker:
     def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None, batch_size: int = 8,
-                 audio_format: str = "wav", defaults: Defaults = Defaults()):
+                 audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None):
         self.generator = load_csm_1b(device, model, dtype, batch_size)
-        self.writer = OutputWriter(open_storage(out), audio_format, model)
+        self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model)
+        self.s3_endpoint_url = s3_endpoint_url
         self.defaults = defaults
         self.batch_size = batch_size
 
@@ -63,13 +64,21 @@ class RenderWorker:
             common = dict(turn_index=t.turn_index, speaker=t.speaker, text=t.text, temperature=s["temperature"],
                           top_k=s["top_k"], max_audio_length_ms=s["max_audio_length_ms"], seed=s["seed"])
             if t.is_given:
-                turns.append(TurnRequest(**common, audio=load_audio(t.audio)))
+                turns.append(TurnRequest(**common, audio=self._voice(t.audio)))
             elif t.turn_index in item.committed:
                 # Resumed: the earlier render's codes are its context, exactly as if it had just been rendered.
                 turns.append(TurnRequest(**common, codes=self.writer.load_codes(t.conversation_id, t.turn_index)))
             else:
                 turns.append(TurnRequest(**common))
         return ConversationRequest(item.conversation_id, turns)
+
+    def _voice(self, location: str):
+        """A given turn's recording, from a local path or an s3:// URI."""
+        if location.startswith("s3://"):
+            from .storage_s3 import read_uri_bytes
+
+            return load_audio(read_uri_bytes(location, self.s3_endpoint_url), name=location)
+        return load_audio(location)
 
     # -- outputs ----------------------------------------------------------------------------------------------
     def _commit(self, progress: "_Progress", turn: RenderedTurn) -> dict | None:
