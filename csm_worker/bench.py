@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .engine import Engine
 from .generator import Generator
+from .prompt import TextEncoder
 from .requests import ConversationRequest, RenderedTurn, TurnRequest
 
 FRAME_S = 0.08
@@ -54,14 +56,19 @@ def engine_frames_per_s(gen: Generator, batch_size: int, frames: int, conversati
     n = conversations or batch_size
     convs = [ConversationRequest(f"b{i}", [TurnRequest(0, i % 2, PROMPT, max_audio_length_ms=frames * 80,
                                                        seed=i)]) for i in range(n)]
-    engine = gen.engine(batch_size)
-    engine.decode_audio = False  # Mimi decoding is measured separately; this is the token loop
+    engine = _engine(gen, batch_size)
     _warm(gen, engine)
     _sync(gen.device)
     start = time.perf_counter()
     done = sum(ev.num_frames for ev in engine.run(convs) if isinstance(ev, RenderedTurn))
     _sync(gen.device)
     return done / (time.perf_counter() - start)
+
+
+def _engine(gen: Generator, batch_size: int) -> Engine:
+    # Its own engine without Mimi decoding: the token loop is what is measured, and the generator's shared
+    # engines keep decoding audio for later calls.
+    return Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch_size, decode_audio=False)
 
 
 def _warm(gen: Generator, engine) -> None:
@@ -73,8 +80,7 @@ def _warm(gen: Generator, engine) -> None:
 def turn_cost_ratio(gen: Generator, turns: int = 20, frames: int = 25) -> float:
     """In one conversation of equal turns, the time of the last turn over the first: 1.0 means context reuse
     makes turn cost independent of the conversation's length (the reference re-prefills everything)."""
-    engine = gen.engine(1)
-    engine.decode_audio = False
+    engine = _engine(gen, 1)
     _warm(gen, engine)
     conv = ConversationRequest("turns", [TurnRequest(i, i % 2, PROMPT, max_audio_length_ms=frames * 80, seed=i)
                                          for i in range(turns)])
@@ -92,7 +98,7 @@ def hf_frames_per_s(gen: Generator, batch_size: int, frames: int) -> float:
     """transformers' own `generate` on the same weights, same prompt for every row (it cannot batch unequal
     prompts without padding), sampling like the engine."""
     hf = gen.loaded.hf
-    ids = gen.engine(1).text.encode(0, PROMPT)
+    ids = TextEncoder(gen.loaded.tokenizer).encode(0, PROMPT)
     input_ids = torch.tensor([ids] * batch_size, device=gen.device)
     kwargs = dict(do_sample=True, temperature=0.9, top_k=50, depth_decoder_do_sample=True,
                   depth_decoder_temperature=0.9, depth_decoder_top_k=50)

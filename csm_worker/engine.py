@@ -24,6 +24,11 @@ from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnR
 from .sampling import SamplingParams
 
 
+# When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
+# prefilled again once per ~WINDOW_SLACK positions of new dialogue, not on every turn.
+WINDOW_SLACK = 512
+
+
 class ContextTooLong(ValueError):
     pass
 
@@ -65,6 +70,7 @@ class Engine:
     def run(self, conversations: Iterable[ConversationRequest]) -> Iterator[RenderedTurn | ConversationDone]:
         """Render every conversation; yields each RenderedTurn as it finishes and a ConversationDone per
         conversation. Conversations are pulled from the iterable only when a slot is free."""
+        self._reset()  # a caller that stopped iterating a previous run may have left rows occupied
         pending = iter(conversations)
         exhausted = False
         while True:
@@ -78,6 +84,11 @@ class Engine:
             if not any(t is not None for t in self.turns):
                 return
             yield from self._step()
+
+    def _reset(self) -> None:
+        self.convs = [None] * self.batch_size
+        self.turns = [None] * self.batch_size
+        self.pos = [0] * self.batch_size
 
     def _admit(self, row: int, req: ConversationRequest) -> Iterator[ConversationDone | RenderedTurn]:
         conv = _Conversation(req)
@@ -127,14 +138,19 @@ class Engine:
         self._sampling[row] = (req.temperature, req.top_k, req.seed)
 
     def _drop_oldest(self, conv: _Conversation, room: int) -> None:
-        while conv.context_len + room > self.model.window:
+        """Drop the oldest rendered turns until `room` positions and WINDOW_SLACK more are free (or nothing but
+        given turns is left); fail only when the turn does not fit even then."""
+        target = self.model.window - WINDOW_SLACK
+        while conv.context_len + room > target:
             oldest = next((i for i, s in enumerate(conv.history) if not s.given), None)
             if oldest is None:
-                raise ContextTooLong(
-                    f"turn {conv.req.turns[conv.next_turn].turn_index}: the given turns and this turn need "
-                    f"{conv.context_len + room} positions, more than the model's window of {self.model.window}"
-                )
+                break
             del conv.history[oldest]
+        if conv.context_len + room > self.model.window:
+            raise ContextTooLong(
+                f"turn {conv.req.turns[conv.next_turn].turn_index}: the given turns and this turn need "
+                f"{conv.context_len + room} positions, more than the model's window of {self.model.window}"
+            )
 
     def _finish_turn(self, row: int, reason: str) -> RenderedTurn:
         conv, turn = self.convs[row], self.turns[row]

@@ -58,6 +58,8 @@ class Generator:
         """One utterance conditioned on `context`; returns 1-D float audio at `sample_rate`."""
         if seed is None:  # follow torch's global RNG, so torch.manual_seed makes calls repeatable as before
             seed = int(torch.randint(0, 2**62, (1,)).item())
+        if any(s.audio is None for s in context or []):
+            raise RenderError("every context Segment needs its audio (1-D, 24 kHz)")
         turns = [TurnRequest(i, s.speaker, s.text, audio=s.audio) for i, s in enumerate(context or [])]
         turns.append(TurnRequest(len(turns), speaker, text, temperature=temperature, top_k=topk,
                                  max_audio_length_ms=int(max_audio_length_ms), seed=seed))
@@ -67,6 +69,8 @@ class Generator:
                 audio = event.audio
             elif event.error:
                 raise RenderError(event.error)
+        if audio is None:
+            raise RenderError("the engine returned no audio for this turn")
         return torch.from_numpy(audio)
 
 

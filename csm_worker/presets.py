@@ -105,7 +105,9 @@ def get_preset(model: str) -> Preset:
     name = model[len(PRESET_PREFIX) :]
     if name not in PRESETS:
         known = ", ".join(PRESET_PREFIX + n for n in PRESETS)
-        raise ValueError(f"unknown model preset {model!r}: choose one of {known}")
+        from .loading import ModelLoadError
+
+        raise ModelLoadError(f"unknown model preset {model!r}: choose one of {known}")
     return PRESETS[name]
 
 

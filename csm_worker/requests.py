@@ -40,7 +40,8 @@ class TurnRequest:
 
     @property
     def max_frames(self) -> int:
-        return max(1, -(-int(self.max_audio_length_ms) // FRAME_MS))
+        # Whole frames that fit in the limit, as the reference generator counts them (never over the limit).
+        return max(1, int(self.max_audio_length_ms) // FRAME_MS)
 
 
 @dataclass

@@ -45,18 +45,16 @@ class SamplingParams:
 
     @classmethod
     def build(cls, temperatures, top_ks, seeds, device) -> "SamplingParams":
-        top_k = [max(1, int(k)) for k in top_ks]
+        # Temperature 0 means "no randomness": greedy, like top_k 1 (dividing by it would give NaN logits).
+        top_k = [1 if float(t) <= 0 else max(1, int(k)) for t, k in zip(temperatures, top_ks)]
         return cls(
-            temperature=torch.tensor([float(t) for t in temperatures], device=device, dtype=torch.float32),
+            temperature=torch.tensor([max(float(t), 1e-5) for t in temperatures], device=device,
+                                     dtype=torch.float32),
             top_k=torch.tensor(top_k, device=device, dtype=torch.long),
             seed=torch.tensor([int(s) for s in seeds], device=device, dtype=torch.long),
             max_top_k=max(top_k),
             all_greedy=all(k == 1 for k in top_k),
         )
-
-    def rows(self, sl: slice) -> "SamplingParams":
-        k = self.top_k[sl]
-        return SamplingParams(self.temperature[sl], k, self.seed[sl], self.max_top_k, self.all_greedy)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, counter: torch.Tensor) -> torch.Tensor:
