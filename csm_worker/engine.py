@@ -65,6 +65,7 @@ class Engine:
         self.turns: list[_Turn | None] = [None] * batch_size
         self._sampling = [(1.0, 1, 0)] * batch_size  # (temperature, top_k, seed) per row
         self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0}
+        self._to_prefill: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (embeddings, start position)
 
     # -- driver loop ------------------------------------------------------------------------------------------
     def run(self, conversations: Iterable[ConversationRequest]) -> Iterator[RenderedTurn | ConversationDone]:
@@ -86,6 +87,7 @@ class Engine:
             yield from self._step()
 
     def _reset(self) -> None:
+        self._to_prefill = {}
         self.convs = [None] * self.batch_size
         self.turns = [None] * self.batch_size
         self.pos = [0] * self.batch_size
@@ -130,7 +132,7 @@ class Engine:
         unfed = conv.context_len - self.pos[row]
         embeds = torch.cat([embed_spans(self.model, conv.history, unfed), self.model.embed_text(new.tokens)]) \
             if unfed else self.model.embed_text(new.tokens)
-        self.h[row] = self.model.prefill(self.caches, row, embeds, self.pos[row])
+        self._to_prefill[row] = (embeds, self.pos[row])  # run with other rows' prefills before the next step
         self.pos[row] += embeds.shape[0]
         self.stats["prefill_positions"] += embeds.shape[0]
         conv.history.append(new)
@@ -164,7 +166,24 @@ class Engine:
                             codes=frames, seed=turn.req.seed, end_reason=reason, tag=conv.req.tag)
 
     # -- one decode step for every active row -----------------------------------------------------------------
+    def _flush_prefills(self) -> None:
+        """Prefill every row whose turn just started, consecutive rows in one batched call (at the start of a job
+        every slot starts at once; later, turns ending in the same step share a call)."""
+        rows = sorted(self._to_prefill)
+        size = lambda r: self._to_prefill[r][0].shape[0]
+        while rows:
+            run = [rows.pop(0)]
+            # Grow the run while padding to its longest prompt wastes at most half the work (a window rebuild
+            # of ~1500 positions is not padded onto a row that prefills 30).
+            while rows and rows[0] == run[-1] + 1 and \
+                    (len(run) + 1) * max(size(r) for r in run + rows[:1]) <= 2 * sum(size(r) for r in run + rows[:1]):
+                run.append(rows.pop(0))
+            embeds, starts = zip(*(self._to_prefill[r] for r in run))
+            self.h[run[0] : run[-1] + 1] = self.model.prefill(self.caches, run[0], list(embeds), list(starts))
+        self._to_prefill = {}
+
     def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
+        self._flush_prefills()
         hi = 1 + max(r for r in range(self.batch_size) if self.turns[r] is not None)
         rows = slice(0, hi)
         params = SamplingParams.build(*zip(*self._sampling[:hi]), device=self.model.device)

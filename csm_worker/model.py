@@ -62,24 +62,32 @@ class CsmModel:
 
     # -- backbone ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, caches: dict, row: int, embeds: torch.Tensor, start: int) -> torch.Tensor:
-        """Run `embeds` [S, dim] through the backbone at positions start..start+S-1 of cache row `row`;
-        returns the last position's hidden state [dim]."""
-        S = embeds.shape[0]
-        pos = torch.arange(start, start + S, device=self.device)[None]
+    def prefill(self, caches: dict, first_row: int, embeds: list[torch.Tensor], starts: list[int]) -> torch.Tensor:
+        """Prefill consecutive cache rows first_row.. together: row b takes `embeds[b]` [S_b, dim] at positions
+        starts[b]..starts[b]+S_b-1. Shorter rows are right-padded; their padding writes cache positions past the
+        row's end, which are rewritten before anything attends to them. Returns each row's last hidden [B, dim]."""
+        B, S = len(embeds), max(e.shape[0] for e in embeds)
+        x = torch.zeros(B, S, embeds[0].shape[1], device=self.device, dtype=self.dtype)
+        for b, e in enumerate(embeds):
+            x[b, : e.shape[0]] = e
+        start = torch.tensor(starts, device=self.device)
+        pos = start[:, None] + torch.arange(S, device=self.device)[None]  # [B, S]
+        t_len = max(st + e.shape[0] for st, e in zip(starts, embeds))
         mask = None
-        if start > 0:  # new positions also see the row's earlier context
-            mask = (torch.arange(start + S, device=self.device)[None, :] <= pos[0, :, None])[None, None]
-        h = self.backbone.forward(embeds[None].to(self.dtype), pos, caches["backbone"], slice(row, row + 1), pos,
-                                  mask, start + S)
-        return h[0, -1]
+        if B > 1 or starts[0] > 0:  # new positions also see the row's earlier context, and no padding
+            mask = (torch.arange(t_len, device=self.device)[None, None, :] <= pos[:, :, None])[:, None]
+        h = self.backbone.forward(x, pos, caches["backbone"], slice(first_row, first_row + B), pos, mask, t_len)
+        last = torch.tensor([e.shape[0] - 1 for e in embeds], device=self.device)
+        return h[torch.arange(B, device=self.device), last]
 
     @torch.no_grad()
     def decode(self, caches: dict, rows: slice, frames: torch.Tensor, pos: torch.Tensor, t_len: int) -> torch.Tensor:
         """Feed one frame per row (frames [B, 32] at positions pos [B]); returns hidden states [B, dim].
         `t_len` is max(pos) + 1, passed in so no device sync is needed to size the attention."""
         x = self.embed_frames(frames)[:, None]
-        mask = (torch.arange(t_len, device=self.device)[None, :] <= pos[:, None])[:, None, None]
+        # One row sees its whole cache prefix: no mask, so attention takes SDPA's fast unmasked path.
+        mask = None if frames.shape[0] == 1 else \
+            (torch.arange(t_len, device=self.device)[None, :] <= pos[:, None])[:, None, None]
         return self.backbone.forward(x, pos[:, None], caches["backbone"], rows, pos[:, None], mask, t_len)[:, 0]
 
     # -- one frame --------------------------------------------------------------------------------------------
@@ -89,19 +97,19 @@ class CsmModel:
         """h [B, dim] backbone hidden states -> codes [B, 32]. frame_index [B] numbers the frame within each
         row's turn, so sampling noise depends only on (seed, frame, codebook)."""
         B = h.shape[0]
-        counter = frame_index * self.num_codebooks
-        c = sample(F.linear(h, self.c0_head), params, counter)
+        noise = params.frame_noise(frame_index, self.num_codebooks)  # one batch of hashing per frame
+        draw = lambda i: None if noise is None else noise[:, i]
+        c = sample(F.linear(h, self.c0_head), params, draw(0))
         codes = [c]
         # Depth decoder: position 0 is the projected backbone state, position i >= 1 holds codebook i-1's code.
         x = torch.stack([F.linear(h, self.dd_proj), self.dd_in[c]], dim=1)  # [B, 2, dd_dim]
-        cache = caches["decoder"]
+        pos = torch.arange(2, device=self.device)[None].expand(B, 2)
+        out = self.decoder.forward(x, pos, caches["decoder"], rows, pos, None, 2)[:, -1]
         for i in range(1, self.num_codebooks):
-            S = x.shape[1]
-            pos = (torch.arange(S, device=self.device) + (i + 1 - S))[None].expand(B, -1)
-            out = self.decoder.forward(x, pos, cache, rows, pos, None, i + 1)
-            c = sample(out[:, -1] @ self.dd_heads[i - 1], params, counter + i)
+            if i > 1:  # positions 2..31: one shared position per step
+                out = self.decoder.forward_at(self.dd_in[c + (i - 1) * self.vocab], i, caches["decoder"], rows)
+            c = sample(out @ self.dd_heads[i - 1], params, draw(i))
             codes.append(c)
-            x = self.dd_in[c + i * self.vocab][:, None]
         return torch.stack(codes, dim=1)
 
     def is_eos(self, codes: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,18 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(seed: torch.Tensor, counter: torch.Tensor, width: int) -> torch.Tensor:
-    """[B, width] floats in (0, 1), a pure function of (seed [B], counter [B], column)."""
-    seed = seed.to(torch.int64)
-    key = _mix32((seed & _M32) ^ _mix32((seed >> 32) & _M32) ^ _mix32((counter.to(torch.int64) * 0x9E3779B1) & _M32))
+    """[*counter.shape, width] floats in (0, 1), a pure function of (seed [B], counter [B, ...], column)."""
+    seed = seed.to(torch.int64).view(-1, *([1] * (counter.dim() - 1)))
+    seed_key = (seed & _M32) ^ _mix32((seed >> 32) & _M32)
+    key = _mix32(seed_key ^ _mix32((counter.to(torch.int64) * 0x9E3779B1) & _M32))
     cols = _mix32(torch.arange(width, device=seed.device, dtype=torch.int64) + 0x632BE5AB)
-    bits = _mix32(key[:, None] ^ cols[None, :])
+    bits = _mix32(key[..., None] ^ cols)
     return (bits.to(torch.float64) + 0.5) / 4294967296.0
+
+
+def gumbel(seed: torch.Tensor, counter: torch.Tensor, width: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise shaped like uniform(); computed in float64 so no draw rounds to exactly 0 or 1."""
+    return (-torch.log(-torch.log(uniform(seed, counter, width)))).float()
 
 
 @dataclass
@@ -42,6 +48,14 @@ class SamplingParams:
     seed: torch.Tensor  # [B] long
     max_top_k: int  # max over the rows (a Python int, so topk needs no device sync)
     all_greedy: bool
+
+    def frame_noise(self, frame_index: torch.Tensor, draws: int) -> torch.Tensor | None:
+        """Gumbel noise for a whole frame at once, [B, draws, max_top_k]: draw j of frame f uses counter
+        f * draws + j, so a turn's noise depends only on its seed, frame and codebook."""
+        if self.all_greedy:
+            return None
+        counter = frame_index[:, None] * draws + torch.arange(draws, device=frame_index.device)
+        return gumbel(self.seed, counter, self.max_top_k)
 
     @classmethod
     def build(cls, temperatures, top_ks, seeds, device) -> "SamplingParams":
@@ -57,18 +71,19 @@ class SamplingParams:
         )
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, counter: torch.Tensor) -> torch.Tensor:
-    """logits [B, V] -> token ids [B]. `counter` [B] numbers the draw within the turn (frame * 32 + codebook)."""
-    greedy = logits.argmax(dim=-1)
+def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
+    """logits [B, V] -> token ids [B]. `noise` [B, >= max_top_k] is this draw's Gumbel noise per candidate rank
+    (see gumbel()); None when every row is greedy."""
     if params.all_greedy:
-        return greedy
+        return logits.argmax(dim=-1)
     k = min(params.max_top_k, logits.shape[-1])
-    scaled = logits.float() / params.temperature[:, None]
-    values, indices = scaled.topk(k, dim=-1)  # [B, k], sorted descending
+    # Dividing by a positive temperature keeps the order, so only the k kept values need it.
+    values, indices = logits.float().topk(k, dim=-1)  # [B, k], sorted descending
+    values = values / params.temperature[:, None]
     # Gumbel-max over each row's own top-k candidates: argmax(v + g) samples softmax(v).
     ranks = torch.arange(k, device=logits.device)
     values = values.masked_fill(ranks[None, :] >= params.top_k[:, None], float("-inf"))
-    gumbel = -torch.log(-torch.log(uniform(params.seed, counter, k))).to(values.dtype)
-    choice = (values + gumbel).argmax(dim=-1, keepdim=True)
+    choice = (values + noise[:, :k]).argmax(dim=-1, keepdim=True)
     sampled = indices.gather(1, choice).squeeze(1)
-    return torch.where(params.top_k == 1, greedy, sampled)
+    # A greedy row (top_k 1) has a single candidate: its argmax, whatever the noise.
+    return sampled
