@@ -48,6 +48,7 @@ class SamplingParams:
     seed: torch.Tensor  # [B] long
     max_top_k: int  # max over the rows (a Python int, so topk needs no device sync)
     all_greedy: bool
+    same_top_k: bool = False  # every row keeps max_top_k candidates (the usual case: one job default)
 
     def frame_noise(self, frame_index: torch.Tensor, draws: int) -> torch.Tensor | None:
         """Gumbel noise for a whole frame at once, [B, draws, max_top_k]: draw j of frame f uses counter
@@ -68,6 +69,7 @@ class SamplingParams:
             seed=torch.tensor([int(s) for s in seeds], device=device, dtype=torch.long),
             max_top_k=max(top_k),
             all_greedy=all(k == 1 for k in top_k),
+            same_top_k=len(set(top_k)) == 1,
         )
 
 
@@ -81,8 +83,9 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     values, indices = logits.float().topk(k, dim=-1)  # [B, k], sorted descending
     values = values / params.temperature[:, None]
     # Gumbel-max over each row's own top-k candidates: argmax(v + g) samples softmax(v).
-    ranks = torch.arange(k, device=logits.device)
-    values = values.masked_fill(ranks[None, :] >= params.top_k[:, None], float("-inf"))
+    if not params.same_top_k:  # rows keep different numbers of candidates
+        ranks = torch.arange(k, device=logits.device)
+        values = values.masked_fill(ranks[None, :] >= params.top_k[:, None], float("-inf"))
     choice = (values + noise[:, :k]).argmax(dim=-1, keepdim=True)
     sampled = indices.gather(1, choice).squeeze(1)
     # A greedy row (top_k 1) has a single candidate: its argmax, whatever the noise.

@@ -86,9 +86,10 @@ class Transformer:
             v_cache[:, :, p] = v.view(B, K, D)
             scores = (q @ k_cache[:, :, : p + 1].transpose(-1, -2)) * D**-0.5  # [B, K, G, p + 1]
             a = scores.softmax(dim=-1) @ v_cache[:, :, : p + 1]  # [B, K, G, D]
-            x = x + F.linear(a.reshape(B, H * D), w.wo)
+            # addmm: the residual add happens inside the matmul (one op instead of two).
+            x = torch.addmm(x, a.reshape(B, H * D), w.wo.t())
             gate, up = F.linear(self.rms(x, w.norm2), w.w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w.w_down)
+            x = torch.addmm(x, F.silu(gate) * up, w.w_down.t())
         return self.rms(x, self.norm)
 
     def forward(self, x, pos, cache, rows: slice, write_pos, mask, t_len: int) -> torch.Tensor:

@@ -67,8 +67,8 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check) ->
 @click.option("--dtype", default="auto", show_default=True,
               type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
               help="auto: float32 on CPU, bfloat16 on CUDA.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024),
-              help="Conversations each worker renders at once.")
+@click.option("--batch-size", default="auto", show_default=True,
+              help="Conversations each worker renders at once, or auto (GPU: from free memory; CPU: 32).")
 @click.option("--workers", default=None, type=click.IntRange(1), help="Ray workers (default: one per GPU, else 1).")
 @click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
 @click.option("--format", "audio_format", default="wav", show_default=True, type=click.Choice(["wav", "flac"]))
@@ -87,6 +87,9 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     from jobs.runner import RunConfig, load_job, run_job
     from jobs.storage import open_storage
 
+    if batch_size != "auto" and not (batch_size.isdigit() and 0 < int(batch_size) <= 4096):
+        _fail(f"--batch-size must be a positive integer or auto, not {batch_size!r}")
+    batch_size = batch_size if batch_size == "auto" else int(batch_size)
     cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
                     dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,

@@ -7,6 +7,7 @@ turns; the driver only counts them. Audio never passes through the driver.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,8 +22,6 @@ from .plan import Defaults, WorkItem, plan
 from .progress import Progress
 from .storage import Storage, open_storage
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class RunConfig:
@@ -31,7 +30,7 @@ class RunConfig:
     model: str
     device: str = "auto"
     dtype: str | None = None
-    batch_size: int = 8
+    batch_size: int | str = "auto"
     workers: int | None = None
     address: str | None = None
     audio_format: str = "wav"
@@ -128,6 +127,8 @@ def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary, writer: Outp
                  logging_level=logging.WARNING)
     try:
         workers = start_workers(cfg, len(work))
+        for i, info in enumerate(ray.get([w.info.remote() for w in workers])):
+            print(f"worker {i}: {info['device']} {info['dtype']}, batch size {info['batch_size']}", file=sys.stderr)
         shares = [work[i :: len(workers)] for i in range(len(workers))]
         progress = Progress(total_turns=sum(len(w.remaining) for w in work), conversations=len(work))
         streams = {w.render.options(num_returns="streaming").remote(share):

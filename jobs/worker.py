@@ -16,10 +16,23 @@ from .plan import Defaults, WorkItem, settings_for
 from .storage import open_storage
 
 
+CPU_AUTO_BATCH = 32  # on CPU, throughput flattens out around here (docs/BENCHMARKS.md)
+
+
+def auto_batch_size(generator) -> int:
+    """GPU: as many slots as free memory holds; CPU: a fixed size past which batching stops paying."""
+    if str(generator.device).startswith("cuda"):
+        return generator.max_batch_size()
+    return CPU_AUTO_BATCH
+
+
 class RenderWorker:
-    def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None, batch_size: int = 8,
+    def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None,
+                 batch_size: int | str = 8,
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None):
-        self.generator = load_csm_1b(device, model, dtype, batch_size)
+        self.generator = load_csm_1b(device, model, dtype)
+        if batch_size == "auto":
+            batch_size = auto_batch_size(self.generator)
         self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model)
         self.s3_endpoint_url = s3_endpoint_url
         self.defaults = defaults
