@@ -33,6 +33,23 @@ class TextEncoder:
     def positions(self, speaker: int, text: str) -> int:
         return len(self.encode(speaker, text))
 
+    def counter(self):
+        """positions() with a `many` attribute: what manifest validation takes to count in batches."""
+        count = self.positions
+        count_fn = lambda speaker, text: count(speaker, text)
+        count_fn.many = self.positions_many
+        return count_fn
+
+    def positions_many(self, speakers: list[int], texts: list[str]) -> list[int]:
+        """positions() for many turns in one batched tokenizer call."""
+        if not texts:
+            return []
+        prompts = [f"[{s}]{t}" for s, t in zip(speakers, texts)]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # skips transformers' per-row wrapping
+        if backend is not None:
+            return [len(e.ids) + 2 for e in backend.encode_batch(prompts, add_special_tokens=False)]  # + BOS, EOS
+        return [len(x) + 2 for x in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
 
 @dataclass
 class Span:

@@ -8,7 +8,7 @@ import click
 
 from csm_worker.loading import DEFAULT_MODEL, ModelLoadError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
                             help="Hub id, local folder in the hub format, or random:tiny|random:small|random:csm-1b.")
@@ -48,7 +48,7 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check) ->
         encoder = text_encoder_for(model, revision)
     except ModelLoadError as e:
         _fail(str(e))
-    report = validate_manifests(list(manifests), text_positions=encoder.positions,
+    report = validate_manifests(list(manifests), text_positions=encoder.counter(),
                                 default_max_audio_length_ms=max_audio_length_ms, check_audio=not no_audio_check)
     if not report.ok:
         _report_problems(report.problems)
@@ -109,6 +109,10 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         summary = run_job(cfg, conversations)
     except (JobMismatch, ModelLoadError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        # Every file is written under a temporary name and renamed, so whatever was in flight is either
+        # committed or absent: nothing to clean up.
+        _fail("interrupted: committed turns are kept; run the same command again to resume", EXIT_INTERRUPTED)
     click.echo(summary.text())
     sys.exit(summary.exit_code)
 

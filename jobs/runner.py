@@ -70,7 +70,7 @@ class Summary:
 def load_job(cfg: RunConfig) -> list[ConversationSpec]:
     """Validate and load the manifests (raises ManifestError listing every problem; nothing is written)."""
     encoder = text_encoder_for(cfg.model, cfg.revision)
-    return load_conversations(cfg.manifests, text_positions=encoder.positions,
+    return load_conversations(cfg.manifests, text_positions=encoder.counter(),
                               default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
                               check_audio=cfg.check_audio)
 
