@@ -51,6 +51,21 @@ def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False) -> dict
     return record
 
 
+def check_weights(storage: Storage, weights_hash: str) -> None:
+    """The weights themselves are part of the fingerprint: a local --model folder can change under the same name.
+    Workers report their hash once loaded; the first run records it, later runs must match it."""
+    record = read_job_record(storage) or {}
+    known = record.get("weights_hash")
+    if known is None:
+        record["weights_hash"] = weights_hash
+        storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
+    elif known != weights_hash:
+        raise JobMismatch(
+            f"{storage.url} was rendered with other weights (hash {known}, now {weights_hash}) under the same "
+            "--model name. Use the original weights, another --out, or --new-run to render everything again"
+        )
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """'defaults.temperature: 0.9 -> 0.5' for each field that differs, nested dicts flattened."""
     out = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from csm_worker.loading import text_encoder_for
 
 from . import layout
-from .jobrecord import ensure_job_record, fingerprint
+from .jobrecord import check_weights, ensure_job_record, fingerprint
 from .manifest import ConversationSpec, ManifestError, load_conversations
 from .outputs import OutputWriter, committed_turns
 from .plan import Defaults, WorkItem, plan
@@ -126,9 +126,7 @@ def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary, writer: Outp
         ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
     try:
-        workers = start_workers(cfg, len(work))
-        for i, info in enumerate(ray.get([w.info.remote() for w in workers])):
-            print(f"worker {i}: {info['device']} {info['dtype']}, batch size {info['batch_size']}", file=sys.stderr)
+        workers = _ready_workers(start_workers(cfg, len(work)), writer.storage)
         shares = [work[i :: len(workers)] for i in range(len(workers))]
         progress = Progress(total_turns=sum(len(w.remaining) for w in work), conversations=len(work))
         streams = {w.render.options(num_returns="streaming").remote(share):
@@ -139,6 +137,21 @@ def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary, writer: Outp
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _ready_workers(workers: list, storage: Storage) -> list:
+    """Wait until the workers have loaded the model, and check that the weights match the job's. A worker that
+    failed to start is kept in the list: its stream fails at once and its conversations are recorded as failed."""
+    import ray
+
+    for i, w in enumerate(workers):
+        try:
+            info = ray.get(w.info.remote())
+        except Exception:
+            continue
+        print(f"worker {i}: {info['device']} {info['dtype']}, batch size {info['batch_size']}", file=sys.stderr)
+        check_weights(storage, info["weights_hash"])
+    return workers
 
 
 def _follow(streams: dict, progress: Progress, summary: Summary, writer: OutputWriter) -> None:

@@ -40,7 +40,7 @@ class RenderWorker:
 
     def info(self) -> dict:
         return {"device": str(self.generator.device), "dtype": str(self.generator.model.dtype).replace("torch.", ""),
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "weights_hash": self.generator.loaded.weights_hash}
 
     def render(self, items: list[WorkItem]) -> Iterator[dict]:
         """Render the items' remaining turns; yields {"event": "turn", ...} per committed turn and

@@ -86,3 +86,19 @@ def test_new_run_overwrites_the_record(storage):
 def test_new_run_on_an_empty_out_just_writes_the_record(storage):
     record = ensure_job_record(storage, fp(), new_run=True)
     assert read_job_record(storage) == record
+
+
+def test_weights_hash_is_recorded_then_enforced(storage):
+    from jobs.jobrecord import check_weights
+
+    ensure_job_record(storage, fp())
+    check_weights(storage, "abc123")
+    assert read_job_record(storage)["weights_hash"] == "abc123"
+    assert read_job_record(storage)["fingerprint"] == fp()  # the rest of the record is kept
+    check_weights(storage, "abc123")  # same weights: a resume passes
+    with pytest.raises(JobMismatch, match="other weights.*abc123.*def456"):
+        check_weights(storage, "def456")
+    # --new-run starts a fresh record, so the new weights are then recorded.
+    ensure_job_record(storage, fp(), new_run=True)
+    check_weights(storage, "def456")
+    assert read_job_record(storage)["weights_hash"] == "def456"
