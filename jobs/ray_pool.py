@@ -8,13 +8,13 @@ from .worker import RenderWorker
 
 
 def plan_workers(cfg, num_items: int) -> tuple[int, dict]:
-    """How many workers, and the Ray resources each asks for."""
+    """How many workers, and the Ray resources each asks for. `--device cuda` asks for GPU workers even when the
+    cluster has no GPU node yet: an autoscaling cluster (KubeRay, the cluster launcher) adds the nodes the
+    pending actors ask for."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = cfg.device != "cpu" and gpus > 0
-    if cfg.device.startswith("cuda") and not use_gpu:
-        raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPUs")
+    use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0)
     if use_gpu:
-        count = cfg.workers or gpus
+        count = cfg.workers or max(gpus, 1)
         resources = {"num_gpus": 1, "num_cpus": 1}
     else:
         count = cfg.workers or 1
