@@ -13,9 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .storage import TMP_PREFIX
+
 ID_CHARS = "letters, digits, '.', '_' or '-'"
 _ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
+RESERVED_ID_PREFIX = TMP_PREFIX  # storage names in-flight writes so; an id (a file name) may not look like one
 INT64_MAX = 2**63 - 1
 _is_string_view = getattr(pa.types, "is_string_view", lambda t: False)  # pyarrow < 16 has no string views
 
@@ -69,6 +72,8 @@ def id_problem(value: str) -> str | None:
     """Why `value` is not a usable conversation id (ids name output files), or None."""
     if value in (".", ".."):
         return f"conversation_id {value!r} is not allowed (it would be a path): use 1-128 {ID_CHARS}"
+    if value.startswith(RESERVED_ID_PREFIX):
+        return f"conversation_id {value!r} starts with {RESERVED_ID_PREFIX!r}, reserved for files being written"
     if _ID_RE.match(value):
         return None
     if not value:
@@ -126,7 +131,9 @@ def _column_issues(col: Column, arr: pa.Array) -> Iterator[Issue]:
     if col.required:
         yield from _issue(col, arr, pc.is_null(arr), lambda v: f"{col.name} is null: {col.null_hint}")
     if col.name == "conversation_id":
-        invalid = pc.or_(pc.invert(pc.match_substring_regex(arr, _ID_PATTERN)), pc.is_in(arr, pa.array([".", ".."])))
+        invalid = pc.or_(pc.or_(pc.invert(pc.match_substring_regex(arr, _ID_PATTERN)),
+                                pc.is_in(arr, pa.array([".", ".."]))),
+                         pc.starts_with(arr, RESERVED_ID_PREFIX))
         yield from _issue(col, arr, invalid, id_problem)
     elif col.kind == "string":
         yield from _issue(col, arr, _is_blank(arr), lambda v: _blank_message(col.name, v))

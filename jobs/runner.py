@@ -79,6 +79,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     started = time.monotonic()
     conversations = conversations if conversations is not None else load_job(cfg)
     storage = open_storage(cfg.out, cfg.s3_endpoint_url)
+    storage.remove_leftovers()  # temp files of writes a killed run left (one run per OUT at a time)
     fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
     if cfg.new_run:
         clear_previous_run(storage)

@@ -78,6 +78,11 @@ class Storage(ABC):
         """A filesystem path for `key` when the backend is local, else None."""
         return None
 
+    def remove_leftovers(self) -> int:
+        """Delete temporary files that killed writers left behind; returns how many. S3 has none: an object
+        appears whole or not at all."""
+        return 0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
@@ -88,6 +93,15 @@ class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike):
         self._root = Path(root).expanduser().resolve()
         self.url = str(self._root)
+
+    def remove_leftovers(self) -> int:
+        removed = 0
+        for folder, _, names in os.walk(self._root):
+            for name in names:
+                if name.startswith(TMP_PREFIX):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
