@@ -295,3 +295,24 @@ def test_read_uri_bytes(bucket, raw, aws_env):
         read_uri_bytes(f"s3://{bucket}/voices/missing.wav")
     with pytest.raises(ValueError, match="no object"):
         read_uri_bytes(f"s3://{bucket}/")
+
+
+def test_commit_records_on_s3_are_create_only(bucket):
+    """OutputWriter commits through write_new on S3: a commit record is never replaced by other content."""
+    import numpy as np
+
+    from csm_worker.requests import RenderedTurn
+    from jobs import layout
+    from jobs.outputs import OutputWriter
+    from jobs.storage import StorageError
+
+    writer = OutputWriter(fast(f"s3://{bucket}/job"), "wav", "m")
+    turn = RenderedTurn("c", 0, 0, "hi", codes=np.zeros((32, 1), dtype=np.int64), seed=1, end_reason="eos",
+                        audio=np.zeros(1920, dtype=np.float32))
+    row = writer.commit_turn(turn, 0.9, 50, None)
+    assert writer.read_commit("c", 0) == row
+    turn.seed = 2  # another render of the same turn: its record differs
+    with pytest.raises(StorageError, match="different content"):
+        writer.commit_turn(turn, 0.9, 50, None)
+    assert writer.read_commit("c", 0) == row
+    assert layout.commit_key("c", 0) in writer.storage.list("commits/")
