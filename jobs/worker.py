@@ -7,6 +7,7 @@ progress events; the audio itself goes straight to storage from here, never thro
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from functools import partial
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
@@ -14,6 +15,7 @@ from csm_worker.audio import load_audio
 from .outputs import OutputWriter
 from .plan import Defaults, WorkItem, settings_for
 from .storage import open_storage
+from .write_queue import WriteQueue
 
 
 CPU_AUTO_BATCH = 32  # on CPU, throughput flattens out around here (docs/BENCHMARKS.md)
@@ -44,18 +46,24 @@ class RenderWorker:
 
     def render(self, items: list[WorkItem]) -> Iterator[dict]:
         """Render the items' remaining turns; yields {"event": "turn", ...} per committed turn and
-        {"event": "done", ...} per conversation (with "error" when it failed)."""
+        {"event": "done", ...} per conversation (with "error" when it failed), after its writes finished."""
         state = {w.conversation_id: _Progress(w) for w in items}
         early: list[tuple[str, Exception]] = []  # conversations that failed before reaching the engine
-        for event in self.generator.render(self._requests(items, early), batch_size=self.batch_size):
+        writes = WriteQueue(max_pending=max(16, 2 * self.batch_size))
+        try:
+            for event in self.generator.render(self._requests(items, early), batch_size=self.batch_size):
+                yield from self._drain(early, state)
+                cid = event.conversation_id
+                if isinstance(event, RenderedTurn):
+                    writes.submit(cid, partial(self._commit, state[cid], event))
+                else:
+                    yield from _turn_events(writes.drain(cid))
+                    yield self._finish(state[cid], event.error_type, event.error)
+                yield from _turn_events(writes.results())
             yield from self._drain(early, state)
-            if isinstance(event, RenderedTurn):
-                turn_event = self._commit(state[event.conversation_id], event)
-                if turn_event:
-                    yield turn_event
-            else:
-                yield self._finish(state[event.conversation_id], event.error_type, event.error)
-        yield from self._drain(early, state)
+            yield from _turn_events(writes.drain())
+        finally:
+            writes.close()
 
     def _drain(self, early: list, state: dict) -> Iterator[dict]:
         while early:
@@ -122,6 +130,13 @@ class RenderWorker:
             self.writer.clear_failure(cid)
         return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
                 "turns_committed": len(rows)}
+
+
+def _turn_events(results: list) -> Iterator[dict]:
+    # A generator, not a list: Ray drives `render` with send(), which `yield from` forwards to the sub-iterator.
+    for r in results:
+        if r:  # None: a turn whose write failed (its conversation records the error)
+            yield r
 
 
 class _Progress:
