@@ -111,6 +111,3 @@ class CsmModel:
             c = sample(out @ self.dd_heads[i - 1], params, draw(i))
             codes.append(c)
         return torch.stack(codes, dim=1)
-
-    def is_eos(self, codes: torch.Tensor) -> torch.Tensor:
-        return (codes == self.eos_code).all(dim=-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,4 +82,3 @@ class ConversationDone:
     error_type: str | None = None
     tag: Any = None
     turns_rendered: int = 0
-    extra: dict = field(default_factory=dict)
