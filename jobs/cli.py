@@ -39,19 +39,23 @@ def main() -> None:
 @click.option("--max-audio-length-ms", default=10_000, show_default=True,
               help="Default longest turn, used where a row has no max_audio_length_ms.")
 @click.option("--no-audio-check", is_flag=True, help="Do not open given audio files.")
-def validate(manifests, model, revision, max_audio_length_ms, no_audio_check) -> None:
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// manifests.")
+def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3_endpoint_url) -> None:
     """Check MANIFESTS (files, folders or globs) without rendering. Exit 0 if valid, 2 if not."""
     from csm_worker.loading import text_encoder_for
     from jobs.manifest import validate_manifests
+    from jobs.remote_manifests import local_manifests
 
     try:
         encoder = text_encoder_for(model, revision)
     except ModelLoadError as e:
         _fail(str(e))
-    report = validate_manifests(list(manifests), text_positions=encoder.counter(),
-                                default_max_audio_length_ms=max_audio_length_ms, check_audio=not no_audio_check)
+    with local_manifests(list(manifests), s3_endpoint_url) as local:
+        report = validate_manifests(local.args, text_positions=encoder.counter(),
+                                    default_max_audio_length_ms=max_audio_length_ms,
+                                    check_audio=not no_audio_check and not local.has_remote)
     if not report.ok:
-        _report_problems(report.problems)
+        _report_problems(local.problems(report.problems))
         sys.exit(EXIT_BAD_INPUT)
     click.echo(report.summary())
 
@@ -125,6 +129,7 @@ def status(out, manifests, s3_endpoint_url) -> None:
     """What OUT holds: conversations and turns done, failed and pending (pending needs MANIFESTS), audio hours,
     and the last error of each failed conversation."""
     from jobs.manifest import ManifestError, load_conversations
+    from jobs.remote_manifests import local_manifests
     from jobs.status import job_status
     from jobs.storage import open_storage
 
@@ -134,11 +139,12 @@ def status(out, manifests, s3_endpoint_url) -> None:
         _fail(f"{out}: {e}")
     conversations = None
     if manifests:
-        try:
-            conversations = load_conversations(list(manifests), check_audio=False)
-        except ManifestError as e:
-            _report_problems(e.problems)
-            sys.exit(EXIT_BAD_INPUT)
+        with local_manifests(list(manifests), s3_endpoint_url) as local:
+            try:
+                conversations = load_conversations(local.args, check_audio=False)
+            except ManifestError as e:
+                _report_problems(local.problems(e.problems))
+                sys.exit(EXIT_BAD_INPUT)
     click.echo(job_status(storage, conversations).text())
 
 

@@ -20,6 +20,7 @@ from .manifest import ConversationSpec, ManifestError, load_conversations
 from .outputs import OutputWriter, committed_turns
 from .plan import Defaults, WorkItem, plan
 from .progress import Progress
+from .remote_manifests import local_manifests
 from .storage import Storage, open_storage
 
 
@@ -70,9 +71,15 @@ class Summary:
 def load_job(cfg: RunConfig) -> list[ConversationSpec]:
     """Validate and load the manifests (raises ManifestError listing every problem; nothing is written)."""
     encoder = text_encoder_for(cfg.model, cfg.revision)
-    return load_conversations(cfg.manifests, text_positions=encoder.counter(),
-                              default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
-                              check_audio=cfg.check_audio)
+    with local_manifests(cfg.manifests, cfg.s3_endpoint_url) as manifests:
+        try:
+            conversations = load_conversations(
+                manifests.args, text_positions=encoder.counter(),
+                default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
+                check_audio=cfg.check_audio and not manifests.has_remote)
+        except ManifestError as e:
+            raise ManifestError(manifests.problems(e.problems)) from None
+        return manifests.conversations(conversations)
 
 
 def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None) -> Summary:
