@@ -47,3 +47,50 @@ def csm_render(csm_cache):
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """moto's real S3 HTTP server on loopback, one per test module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server._server.server_port}"
+    finally:
+        server.stop()
+
+
+ACCESS_KEY = "AKIATESTINGACCESSKEY1"
+SECRET_KEY = "testing-SECRET-key-never-to-be-printed"
+
+
+@pytest.fixture
+def aws_env(monkeypatch, endpoint, tmp_path):
+    """Fake credentials and the moto endpoint through the standard AWS environment; no user config leaks in."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return endpoint
+
+
+@pytest.fixture
+def raw(aws_env):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=aws_env)
+
+
+@pytest.fixture
+def bucket(raw):
+    import uuid
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    raw.create_bucket(Bucket=name)
+    return name

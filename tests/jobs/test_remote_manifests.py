@@ -8,7 +8,6 @@ import pytest
 
 from jobs.manifest import ManifestError, load_conversations
 from jobs.remote_manifests import local_manifests
-from tests.jobs.test_storage_s3 import aws_env, bucket, endpoint, raw  # noqa: F401 (fixtures)
 
 
 def put_manifest(raw, bucket, key, rows):

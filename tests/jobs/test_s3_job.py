@@ -20,7 +20,6 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
 from .s3_faults import FAULTS, FaultyS3Proxy
 from .test_crash_resume import (EXPECTED, JOB_ARGS, assert_same_audio, check_complete_out, codes_in,
@@ -33,16 +32,6 @@ SECRET_KEY = "testing-SECRET-key-never-to-be-printed"
 FAULT_RATE = float(os.environ.get("CSM_TEST_S3_FAULT_RATE", "0.2"))  # override to probe other rates
 FAULT_SEED = int(os.environ.get("CSM_TEST_S3_FAULT_SEED", "1234"))
 WRITES = ("PUT", "POST", "DELETE")
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server._server.server_port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,55 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import uuid
 
-import boto3
 import botocore.exceptions as bex
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto.server import ThreadedMotoServer
 
 from jobs.storage import StorageError, open_storage
 from jobs.storage_s3 import MiB, S3Storage, read_uri_bytes
 
-ACCESS_KEY = "AKIATESTINGACCESSKEY1"
-SECRET_KEY = "testing-SECRET-key-never-to-be-printed"
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server._server.server_port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws_env(monkeypatch, endpoint, tmp_path):
-    """Fake credentials and the moto endpoint through the standard AWS environment; no user config leaks in."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    return endpoint
-
-
-@pytest.fixture
-def raw(aws_env):
-    return boto3.client("s3", endpoint_url=aws_env)
-
-
-@pytest.fixture
-def bucket(raw):
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    raw.create_bucket(Bucket=name)
-    return name
+from .conftest import ACCESS_KEY, SECRET_KEY
 
 
 def fast(url: str, **kw) -> S3Storage:
