@@ -19,6 +19,7 @@ from . import presets
 DEFAULT_MODEL = "sesame/csm-1b"
 # Only what loading needs: no optimizer states or original-format checkpoints.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model"]
+TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.jinja"]  # enough to count text positions on the driver
 
 
 class ModelLoadError(RuntimeError):
@@ -49,7 +50,7 @@ def resolve_model_dir(model: str = DEFAULT_MODEL, revision: str | None = None) -
     return download_from_hub(model, revision)
 
 
-def download_from_hub(repo_id: str, revision: str | None) -> Path:
+def download_from_hub(repo_id: str, revision: str | None, patterns: list[str] = HUB_PATTERNS) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hub_errors
 
@@ -58,7 +59,7 @@ def download_from_hub(repo_id: str, revision: str | None) -> Path:
         " or pass --model with a local folder or a random:* preset"
     )
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except hub_errors.GatedRepoError as e:
         raise ModelLoadError(f"{repo_id} is gated and this token has no access: {fix}") from e
     except hub_errors.RepositoryNotFoundError as e:
@@ -151,12 +152,11 @@ def tokenizer_dir(model: str, revision: str | None = None) -> Path:
     driver can validate manifests without downloading the weights."""
     if presets.is_preset(model) or Path(model).expanduser().is_dir():
         return resolve_model_dir(model, revision)
-    from huggingface_hub import snapshot_download
-
     try:
-        return Path(snapshot_download(model, revision=revision, allow_patterns=["*.json", "tokenizer*", "*.jinja"]))
-    except Exception as e:  # the same causes as for weights; say how to fix it once, there
-        download_from_hub(model, revision)
+        return download_from_hub(model, revision, TOKENIZER_PATTERNS)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # network and HTTP errors that download_from_hub does not translate
         raise ModelLoadError(f"cannot fetch the tokenizer of {model}: {e}") from e
 
 

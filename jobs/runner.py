@@ -181,7 +181,7 @@ def _follow(streams: dict, progress: Progress, summary: Summary, writer: OutputW
             except Exception as e:  # the worker died or raised outside a conversation
                 held = streams.pop(stream)
                 for cid in sorted(set(held) - done):
-                    summary.failed[cid] = f"worker failed: {_first_line(e)}"
+                    summary.failed[cid] = f"worker failed: {_last_line(e)}"
                     writer.write_failure(cid, "WorkerError", summary.failed[cid], attempts=1,
                                          turns_committed=held[cid] + turns[cid])
                     progress.conversation(failed=True)
@@ -190,7 +190,8 @@ def _follow(streams: dict, progress: Progress, summary: Summary, writer: OutputW
             turns[event["conversation_id"]] += event["event"] == "turn"
 
 
-def _first_line(e: Exception) -> str:
+def _last_line(e: Exception) -> str:
+    # A Ray error carries the worker's whole traceback; its last line names the actual error.
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
 
