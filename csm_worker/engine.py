@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ from .sampling import SamplingParams
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
 # prefilled again once per ~WINDOW_SLACK positions of new dialogue, not on every turn.
 WINDOW_SLACK = 512
+IDLE_WAIT_S = 0.05  # how long an engine with nothing to render waits before asking its iterable again
+_END = object()
 
 
 class ContextTooLong(ValueError):
@@ -70,20 +73,24 @@ class Engine:
     # -- driver loop ------------------------------------------------------------------------------------------
     def run(self, conversations: Iterable[ConversationRequest]) -> Iterator[RenderedTurn | ConversationDone]:
         """Render every conversation; yields each RenderedTurn as it finishes and a ConversationDone per
-        conversation. Conversations are pulled from the iterable only when a slot is free."""
+        conversation. Conversations are pulled from the iterable only when a slot is free; the iterable may
+        yield None for "none ready yet" (a work queue fed from elsewhere), and the engine asks again later."""
         self._reset()  # a caller that stopped iterating a previous run may have left rows occupied
         pending = iter(conversations)
         exhausted = False
         while True:
+            waiting = False  # the iterable said "none ready yet": ask again after the next step
             for row in range(self.batch_size):
-                while not exhausted and self.convs[row] is None:
-                    conv = next(pending, None)
-                    if conv is None:
-                        exhausted = True
-                        break
-                    yield from self._admit(row, conv)
+                while not (exhausted or waiting) and self.convs[row] is None:
+                    conv = next(pending, _END)
+                    exhausted, waiting = conv is _END, conv is None
+                    if conv is not _END and conv is not None:
+                        yield from self._admit(row, conv)
             if not any(t is not None for t in self.turns):
-                return
+                if exhausted:
+                    return
+                time.sleep(IDLE_WAIT_S)  # nothing to render until the iterable has a conversation ready
+                continue
             yield from self._step()
 
     def _reset(self) -> None:

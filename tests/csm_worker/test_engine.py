@@ -279,3 +279,22 @@ def test_an_abandoned_render_does_not_poison_the_next(gen, collect):
         TurnRequest(0, 1, "Rendered after", top_k=1, max_audio_length_ms=160)])], batch_size=1))
     assert sorted(turns) == [("next", 0)] and sorted(dones) == ["next"]
     assert fresh.generate("Still works", 0, max_audio_length_ms=160, seed=1).shape == (2 * 1920,)
+
+
+def test_an_iterable_that_is_not_ready_yet_gets_asked_again(render, mixed):
+    """A work queue fed from elsewhere yields None for "none ready yet": the engine keeps decoding the rows it has
+    (or waits when it has none) and asks again, and the codes are those of a plain list."""
+    plain, _, _ = render(mixed(), batch_size=3)
+    asked = []
+
+    def trickle():
+        for conv in mixed():
+            for _ in range(3):  # "not yet" three times before each conversation
+                asked.append(None)
+                yield None
+            yield conv
+
+    turns, dones, _ = render(trickle(), batch_size=3)
+    assert len(asked) == 3 * len(mixed())
+    assert sorted(dones) == sorted(c.conversation_id for c in mixed())
+    assert_same_codes(codes_of(turns), codes_of(plain))
