@@ -61,8 +61,7 @@ class Engine:
         self.batch_size = batch_size
         self.decode_audio = decode_audio
         self.caches = model.new_caches(batch_size)
-        dim = model.c0_head.shape[1]
-        self.h = torch.zeros(batch_size, dim, device=model.device, dtype=model.dtype)
+        self.h = torch.zeros(batch_size, model.dim, device=model.device, dtype=model.dtype)
         self.pos = [0] * batch_size  # next cache position per row (Python-side, so no device syncs)
         self.convs: list[_Conversation | None] = [None] * batch_size
         self.turns: list[_Turn | None] = [None] * batch_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .linear import Linear
 from .sampling import SamplingParams, sample
 from .transformer import Transformer
 
@@ -31,13 +32,15 @@ class CsmModel:
         w = lambda t: t.detach().to(device, dtype).contiguous()
         self.text_embed = w(hf.embed_text_tokens.weight)  # [text_vocab, dim]
         self.audio_embed = w(bb.embed_tokens.embed_audio_tokens.weight)  # [32 * vocab, dim]
-        self.c0_head = w(hf.lm_head.weight)  # [vocab, dim]
-        self.dd_proj = w(dd.model.inputs_embeds_projector.weight)  # [dd_dim, dim]
+        self.dim = cfg.hidden_size
+        self.c0_head = Linear(w(hf.lm_head.weight))  # [vocab, dim]
+        self.dd_proj = Linear(w(dd.model.inputs_embeds_projector.weight))  # [dd_dim, dim]
         with torch.no_grad():
             # The depth decoder embeds a code then projects it; one table does both at once.
             self.dd_in = w(F.linear(dd.model.embed_tokens.weight.detach().float(),
                                     dd.model.inputs_embeds_projector.weight.detach().float()))  # [32*vocab, dd_dim]
-        self.dd_heads = w(dd.codebooks_head.weight)  # [31, dd_dim, vocab]
+        # Codebook i's head as a [vocab, dd_dim] product, one per codebook 1..31.
+        self.dd_heads = [Linear(w(head.t())) for head in dd.codebooks_head.weight.detach()]
         self.offsets = torch.arange(self.num_codebooks, device=device) * self.vocab
 
     # -- caches -----------------------------------------------------------------------------------------------
@@ -99,15 +102,15 @@ class CsmModel:
         B = h.shape[0]
         noise = params.frame_noise(frame_index, self.num_codebooks)  # one batch of hashing per frame
         draw = lambda i: None if noise is None else noise[:, i]
-        c = sample(F.linear(h, self.c0_head), params, draw(0))
+        c = sample(self.c0_head(h), params, draw(0))
         codes = [c]
         # Depth decoder: position 0 is the projected backbone state, position i >= 1 holds codebook i-1's code.
-        x = torch.stack([F.linear(h, self.dd_proj), self.dd_in[c]], dim=1)  # [B, 2, dd_dim]
+        x = torch.stack([self.dd_proj(h), self.dd_in[c]], dim=1)  # [B, 2, dd_dim]
         pos = torch.arange(2, device=self.device)[None].expand(B, 2)
         out = self.decoder.forward(x, pos, caches["decoder"], rows, pos, None, 2)[:, -1]
         for i in range(1, self.num_codebooks):
             if i > 1:  # positions 2..31: one shared position per step
                 out = self.decoder.forward_at(self.dd_in[c + (i - 1) * self.vocab], i, caches["decoder"], rows)
-            c = sample(out @ self.dd_heads[i - 1], params, draw(i))
+            c = sample(self.dd_heads[i - 1](out), params, draw(i))
             codes.append(c)
         return torch.stack(codes, dim=1)

@@ -14,17 +14,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .linear import Linear
+
 NUM_CODEBOOKS = 32
 
 
 @dataclass
 class LayerWeights:
     norm1: torch.Tensor
-    wqkv: torch.Tensor  # [(H + 2K) * D, dim]
-    wo: torch.Tensor  # [dim, H * D]
+    wqkv: Linear  # [(H + 2K) * D, dim]
+    wo: Linear  # [dim, H * D]
     norm2: torch.Tensor
-    w_gate_up: torch.Tensor  # [2 * ffn, dim]
-    w_down: torch.Tensor  # [dim, ffn]
+    w_gate_up: Linear  # [2 * ffn, dim]
+    w_down: Linear  # [dim, ffn]
 
 
 class Transformer:
@@ -46,14 +48,14 @@ class Transformer:
     @staticmethod
     def _fuse(layer, device, dtype) -> LayerWeights:
         a, m = layer.self_attn, layer.mlp
-        cat = lambda *ws: torch.cat([w.weight.detach() for w in ws]).to(device, dtype).contiguous()
+        cat = lambda *ws: Linear(torch.cat([w.weight.detach() for w in ws]).to(device, dtype))
         return LayerWeights(
             norm1=layer.input_layernorm.weight.detach().to(device, dtype),
             wqkv=cat(a.q_proj, a.k_proj, a.v_proj),
-            wo=a.o_proj.weight.detach().to(device, dtype),
+            wo=cat(a.o_proj),
             norm2=layer.post_attention_layernorm.weight.detach().to(device, dtype),
             w_gate_up=cat(m.gate_proj, m.up_proj),
-            w_down=m.down_proj.weight.detach().to(device, dtype),
+            w_down=cat(m.down_proj),
         )
 
     def new_cache(self, rows: int, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,17 +81,17 @@ class Transformer:
         cos, sin = self.cos[p], self.sin[p]  # [D]
         for i, w in enumerate(self.layers):
             k_cache, v_cache = cache[0][i, rows], cache[1][i, rows]  # [B, K, T, D] views
-            qk, v = F.linear(self.rms(x, w.norm1), w.wqkv).split([(H + K) * D, K * D], dim=-1)
+            qk, v = w.wqkv(self.rms(x, w.norm1)).split([(H + K) * D, K * D], dim=-1)
             qk = _rotate(qk.view(B, H + K, D), cos, sin)  # queries and keys rotated in one go
             q = qk[:, :H].view(B, K, H // K, D)  # query head h reads kv head h // G, as in repeat_kv
             k_cache[:, :, p] = qk[:, H:]
             v_cache[:, :, p] = v.view(B, K, D)
             scores = (q @ k_cache[:, :, : p + 1].transpose(-1, -2)) * D**-0.5  # [B, K, G, p + 1]
             a = scores.softmax(dim=-1) @ v_cache[:, :, : p + 1]  # [B, K, G, D]
-            # addmm: the residual add happens inside the matmul (one op instead of two).
-            x = torch.addmm(x, a.reshape(B, H * D), w.wo.t())
-            gate, up = F.linear(self.rms(x, w.norm2), w.w_gate_up).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate) * up, w.w_down.t())
+            # The residual add happens inside the matmul (one op instead of two).
+            x = w.wo.add(x, a.reshape(B, H * D))
+            gate, up = w.w_gate_up(self.rms(x, w.norm2)).chunk(2, dim=-1)
+            x = w.w_down.add(x, F.silu(gate) * up)
         return self.rms(x, self.norm)
 
     def forward(self, x, pos, cache, rows: slice, write_pos, mask, t_len: int) -> torch.Tensor:
@@ -103,7 +105,7 @@ class Transformer:
         for i, w in enumerate(self.layers):
             k_cache, v_cache = cache[0][i, rows], cache[1][i, rows]  # [B, K, T, D] views
             h = self.rms(x, w.norm1)
-            q, k, v = F.linear(h, w.wqkv).split([H * D, K * D, K * D], dim=-1)
+            q, k, v = w.wqkv(h).split([H * D, K * D, K * D], dim=-1)
             q = self.rope(q.view(B, S, H, D), pos).transpose(1, 2)
             k = self.rope(k.view(B, S, K, D), pos)
             # [B, K, T, D] seen as [B, T, K, D]: one scatter writes every row's new positions.
@@ -113,9 +115,9 @@ class Transformer:
                 q, k_cache[:, :, :t_len], v_cache[:, :, :t_len], attn_mask=mask,
                 is_causal=mask is None and S > 1, enable_gqa=True,
             )
-            x = x + F.linear(a.transpose(1, 2).reshape(B, S, H * D), w.wo)
-            gate, up = F.linear(self.rms(x, w.norm2), w.w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w.w_down)
+            x = w.wo.add(x, a.transpose(1, 2).reshape(B, S, H * D))
+            gate, up = w.w_gate_up(self.rms(x, w.norm2)).chunk(2, dim=-1)
+            x = w.w_down.add(x, F.silu(gate) * up)
         return self.rms(x, self.norm)
 
 
