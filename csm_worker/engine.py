@@ -22,6 +22,7 @@ from .codec import Codec
 from .model import CsmModel
 from .prompt import Span, TextEncoder, embed_spans, span_for
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
+from .row_split import RowSplit
 from .sampling import SamplingParams
 
 
@@ -56,10 +57,16 @@ class _Turn:
 
 
 class Engine:
-    def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True):
+    def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True,
+                 workers: int | None = None):
+        """`workers`: CPU threads a decode step is split over by rows (row_split.py); default: torch's intra-op
+        thread count on CPU, none (inline) on other devices."""
         self.model, self.codec, self.text = model, codec, TextEncoder(tokenizer)
         self.batch_size = batch_size
         self.decode_audio = decode_audio
+        if workers is None:
+            workers = torch.get_num_threads() if model.device.type == "cpu" else 0
+        self.split = RowSplit(workers)
         self.caches = model.new_caches(batch_size)
         self.h = torch.zeros(batch_size, model.dim, device=model.device, dtype=model.dtype)
         self.pos = [0] * batch_size  # next cache position per row (Python-side, so no device syncs)
@@ -191,15 +198,7 @@ class Engine:
     def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
         self._flush_prefills()
         hi = 1 + max(r for r in range(self.batch_size) if self.turns[r] is not None)
-        rows = slice(0, hi)
-        params = SamplingParams.build(*zip(*self._sampling[:hi]), device=self.model.device)
-        frame_index = torch.tensor([len(t.frames) if t else 0 for t in self.turns[:hi]], device=self.model.device)
-        codes = self.model.sample_frame(self.caches, rows, self.h[:hi], params, frame_index)
-        # Every row feeds the frame it just sampled: for a row whose turn ended on EOS that frame *is* the EOS
-        # frame its context needs; for one that hit max length it is its last frame (the EOS frame follows).
-        pos = torch.tensor(self.pos[:hi], device=self.model.device)
-        self.h[:hi] = self.model.decode(self.caches, rows, codes, pos, max(self.pos[:hi]) + 1)
-        codes_np = codes.cpu().numpy()
+        codes_np = torch.cat(self.split.run(self._decode_rows, hi)).cpu().numpy()
         self.stats["steps"] += 1
         finished, ended_rows = [], []
         for r in range(hi):
@@ -221,6 +220,19 @@ class Engine:
         yield from finished
         for r in ended_rows:
             yield from self._advance(r)
+
+    def _decode_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Sample one frame for rows lo..hi-1 and feed it back into their caches: codes [hi - lo, 32]. Blocks of
+        rows may run on different threads at once: they touch only their own cache rows and slice of self.h."""
+        m, rows = self.model, slice(lo, hi)
+        params = SamplingParams.build(*zip(*self._sampling[lo:hi]), device=m.device)
+        frame_index = torch.tensor([len(t.frames) if t else 0 for t in self.turns[lo:hi]], device=m.device)
+        codes = m.sample_frame(self.caches, rows, self.h[lo:hi], params, frame_index)
+        # Every row feeds the frame it just sampled: for a row whose turn ended on EOS that frame *is* the EOS
+        # frame its context needs; for one that hit max length it is its last frame (the EOS frame follows).
+        pos = torch.tensor(self.pos[lo:hi], device=m.device)
+        self.h[lo:hi] = m.decode(self.caches, rows, codes, pos, max(self.pos[lo:hi]) + 1)
+        return codes
 
     def _attach_audio(self, finished: list[RenderedTurn]) -> None:
         if not self.decode_audio or not finished:

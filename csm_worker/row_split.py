@@ -1,0 +1,71 @@
+"""CPU decode steps split into contiguous blocks of rows, each block on its own worker thread with one intra-op
+thread.
+
+Why not torch's intra-op threads: a decode step is ~1,700 small ops, and with intra-op threads each one is a
+parallel region whose threads meet at a barrier. When another process holds one of the cores (a shared machine),
+every barrier waits for a scheduler slice, and a batch-64 step ran 5-10x slower on two threads than on one. Row
+blocks meet once per step: on an idle machine they use both cores about as well as intra-op threads do, on a busy
+one they run about as fast as one thread. Rows never interact within a step, so the split changes no result
+beyond what the row count of a product already may (see linear.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+MIN_ROWS = 8  # fewer rows per block and the products get too thin to be worth a thread
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per worker count for the whole process (engines come and go; their threads need not)."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = _start_pool(workers)
+        return _pools[workers]
+
+
+def _start_pool(workers: int) -> ThreadPoolExecutor:
+    # torch's thread count is per thread, read from a process-wide default on a thread's first parallel op;
+    # set_num_threads writes both. So each worker does its first read, then sets 1, and the caller then
+    # restores the default, for its own and new threads.
+    caller_threads = torch.get_num_threads()
+    started = threading.Barrier(workers)  # holds each call on its own thread, so every thread gets set up
+
+    def set_up() -> None:
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        started.wait()
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="csm-rows")
+    list(pool.map(lambda _: set_up(), range(workers)))
+    torch.set_num_threads(caller_threads)
+    return pool
+
+
+def blocks(rows: int, workers: int) -> list[tuple[int, int]]:
+    """[0, rows) as at most `workers` contiguous (lo, hi) blocks of about equal size, each >= MIN_ROWS rows
+    (a single block when rows are few)."""
+    n = max(1, min(workers, rows // MIN_ROWS))
+    edges = [rows * i // n for i in range(n + 1)]
+    return list(zip(edges, edges[1:]))
+
+
+class RowSplit:
+    """Runs fn(lo, hi) over the blocks of [0, rows), on worker threads when `workers` >= 1, else inline."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def run(self, fn: Callable[[int, int], torch.Tensor], rows: int) -> list[torch.Tensor]:
+        if self.workers < 1:
+            return [fn(0, rows)]
+        # Even a single block runs on a worker: one intra-op thread is also the faster choice for a few rows.
+        futures = [_pool(self.workers).submit(fn, lo, hi) for lo, hi in blocks(rows, self.workers)]
+        return [f.result() for f in futures]

@@ -1,0 +1,64 @@
+"""CPU decode steps split by rows over worker threads (`csm_worker.row_split`): same codes, own thread settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from csm_worker import ConversationRequest, TurnRequest
+from csm_worker.row_split import MIN_ROWS, RowSplit, _pool, blocks
+
+
+@pytest.mark.parametrize("rows,workers", [(1, 2), (7, 2), (16, 2), (17, 2), (64, 2), (64, 3), (64, 16), (9, 1)])
+def test_blocks_cover_the_rows_in_order_and_are_not_too_thin(rows, workers):
+    got = blocks(rows, workers)
+    assert got[0][0] == 0 and got[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+    assert 1 <= len(got) <= workers
+    if len(got) > 1:
+        assert min(hi - lo for lo, hi in got) >= MIN_ROWS
+        assert max(hi - lo for lo, hi in got) - min(hi - lo for lo, hi in got) <= 1
+    if rows >= 2 * MIN_ROWS and workers >= 2:
+        assert len(got) >= 2
+
+
+def test_workers_run_on_one_intra_op_thread_and_leave_the_callers_setting():
+    before = torch.get_num_threads()
+    seen = list(_pool(3).map(lambda _: torch.get_num_threads(), range(6)))
+    assert seen == [1] * 6
+    assert torch.get_num_threads() == before
+    split = RowSplit(3)
+    parts = split.run(lambda lo, hi: torch.arange(lo, hi), 30)
+    assert [p.tolist() for p in parts] == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    assert [p.tolist() for p in RowSplit(0).run(lambda lo, hi: torch.arange(lo, hi), 5)] == [[0, 1, 2, 3, 4]]
+
+
+def test_split_decode_gives_the_same_codes_as_one_block(render_with):
+    """20 conversations (greedy and sampled, turns of unequal length, so rows finish and restart at different
+    steps) rendered in one block, inline, and split over 2 and 3 worker threads."""
+    convs = lambda: [ConversationRequest(f"r{i}", [
+        TurnRequest(t, (i + t) % 2, f"row {i} turn {t}" + " more" * (i % 4), top_k=1 if i % 3 == 0 else 40,
+                    temperature=0.8, seed=100 * i + t, max_audio_length_ms=(3 + (i + t) % 4) * 80)
+        for t in range(1 + i % 2)]) for i in range(20)]
+    runs = {w: render_with(convs(), batch_size=20, workers=w) for w in (0, 1, 2, 3)}
+    ref = runs[0]
+    assert len(ref) == sum(1 + i % 2 for i in range(20))
+    for w, got in runs.items():
+        assert sorted(got) == sorted(ref)
+        for key in ref:
+            np.testing.assert_array_equal(got[key].codes, ref[key].codes, err_msg=f"workers={w} {key}")
+
+
+@pytest.fixture
+def render_with(gen, collect):
+    from csm_worker.engine import Engine
+
+    def run(conversations, batch_size, workers):
+        engine = Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch_size, decode_audio=False,
+                        workers=workers)
+        turns, dones, _ = collect(engine.run(conversations))
+        assert all(d.error is None for d in dones.values())
+        return turns
+
+    return run
