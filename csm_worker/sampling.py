@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .topk import top_k
+
 _M32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # a well-mixing 32-bit multiplier (< 2**31, so products stay inside int64)
 
@@ -80,7 +82,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
         return logits.argmax(dim=-1)
     k = min(params.max_top_k, logits.shape[-1])
     # Dividing by a positive temperature keeps the order, so only the k kept values need it.
-    values, indices = logits.float().topk(k, dim=-1)  # [B, k], sorted descending
+    values, indices = top_k(logits.float(), k)  # [B, k], sorted descending
     values = values / params.temperature[:, None]
     # Gumbel-max over each row's own top-k candidates: argmax(v + g) samples softmax(v).
     if not params.same_top_k:  # rows keep different numbers of candidates

@@ -15,9 +15,10 @@ from csm_worker.prompt import TextEncoder
 SAMPLES_PER_FRAME = 1920
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory):
-    """CSM_RENDER_CACHE for the whole session: presets are built here, never in the user's home."""
+    """CSM_RENDER_CACHE for the whole session: presets and the native top-k are built here, never in the
+    user's home."""
     path = tmp_path_factory.mktemp("csm-render-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("CSM_RENDER_CACHE", str(path))
