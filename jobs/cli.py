@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 
 import click
@@ -12,6 +14,11 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
                             help="Hub id, local folder in the hub format, or random:tiny|random:small|random:csm-1b.")
+# Arrow objects left in reference cycles (Parquet read from in-memory buffers) are otherwise collected in the
+# interpreter's final teardown, after Arrow's thread pool is gone: the process then aborts ("terminate called
+# without an active exception", exit 134) after its work is done, about 1 run in 8 here. Collecting them while
+# everything is alive avoids that (apache/arrow#34314). Registered first, so it runs last of the atexit handlers.
+atexit.register(gc.collect)
 revision_option = click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
 
 
@@ -42,53 +49,71 @@ def main() -> None:
 @click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// manifests.")
 def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3_endpoint_url) -> None:
     """Check MANIFESTS (files, folders or globs) without rendering. Exit 0 if valid, 2 if not."""
-    from csm_worker.loading import text_encoder_for
-    from jobs.manifest import validate_manifests
-    from jobs.remote_manifests import local_manifests
+    from jobs.manifest import ManifestError
+    from jobs.validation import validated_manifests
 
     try:
-        encoder = text_encoder_for(model, revision)
+        with validated_manifests(manifests, model, revision, default_max_audio_length_ms=max_audio_length_ms,
+                                 check_audio=not no_audio_check, s3_endpoint_url=s3_endpoint_url) as (report, _):
+            pass
     except ModelLoadError as e:
         _fail(str(e))
-    with local_manifests(list(manifests), s3_endpoint_url) as local:
-        report = validate_manifests(local.args, text_positions=encoder.counter(),
-                                    default_max_audio_length_ms=max_audio_length_ms,
-                                    check_audio=not no_audio_check and not local.has_remote)
-    if not report.ok:
-        _report_problems(local.problems(report.problems))
+    except ManifestError as e:
+        _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(report.summary())
 
 
+_JOB_OPTIONS = [
+    click.argument("manifests", nargs=-1, required=True),
+    click.option("--out", required=True, help="Output: a local folder or s3://bucket/prefix."),
+    click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint (MinIO, R2, ...); else the "
+                 "standard AWS configuration (AWS_ENDPOINT_URL, profiles) applies."),
+    model_option,
+    revision_option,
+    click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
+    click.option("--dtype", default="auto", show_default=True,
+                 type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                 help="auto: float32 on CPU, bfloat16 on CUDA."),
+    click.option("--batch-size", default="auto", show_default=True,
+                 help="Conversations each worker renders at once, or auto (GPU: from free memory; CPU: 32)."),
+    click.option("--workers", default=None, type=click.IntRange(1),
+                 help="Ray workers (default: one per GPU, else 1)."),
+    click.option("--gpus-per-worker", default=None, type=click.FloatRange(0, 8),
+                 help="GPUs each worker asks Ray for; below 1 packs several workers on one GPU (default: 1 when "
+                 "the cluster has GPUs or --device cuda, else 0)."),
+    click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1),
+                 help="A conversation whose worker dies this many times is failed and recorded."),
+    click.option("--watchdog-s", default=900.0, show_default=True, type=click.FloatRange(1),
+                 help="Stop a worker that holds conversations but commits nothing for this long; they are retried."),
+    click.option("--format", "audio_format", default="wav", show_default=True, type=click.Choice(["wav", "flac"])),
+    click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(0, 5, min_open=True)),
+    click.option("--top-k", default=50, show_default=True, type=click.IntRange(1, 2051)),
+    click.option("--max-audio-length-ms", default=10_000, show_default=True, type=click.IntRange(80, 120_000)),
+    click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
+                 "their own seed derive one from it, the conversation and the turn index."),
+    click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew."),
+]
+
+
+def job_options(command):
+    """The options of a job, shared by `run` and `submit` (which passes them on to `run` on the cluster)."""
+    for option in reversed(_JOB_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.argument("manifests", nargs=-1, required=True)
-@click.option("--out", required=True, help="Output: a local folder or s3://bucket/prefix.")
-@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint (MinIO, R2, ...); else the standard "
-              "AWS configuration (AWS_ENDPOINT_URL, profiles) applies.")
-@model_option
-@revision_option
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-              help="auto: float32 on CPU, bfloat16 on CUDA.")
-@click.option("--batch-size", default="auto", show_default=True,
-              help="Conversations each worker renders at once, or auto (GPU: from free memory; CPU: 32).")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Ray workers (default: one per GPU, else 1).")
+@job_options
 @click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
-@click.option("--format", "audio_format", default="wav", show_default=True, type=click.Choice(["wav", "flac"]))
-@click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(0, 5, min_open=True))
-@click.option("--top-k", default=50, show_default=True, type=click.IntRange(1, 2051))
-@click.option("--max-audio-length-ms", default=10_000, show_default=True, type=click.IntRange(80, 120_000))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
-              "their own seed derive one from it, the conversation and the turn index.")
-@click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew.")
-def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, address,
-        audio_format, temperature, top_k, max_audio_length_ms, seed, new_run) -> None:
+def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
+        max_attempts, watchdog_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
+        new_run) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.jobrecord import JobMismatch
     from jobs.manifest import ManifestError
     from jobs.plan import Defaults
-    from jobs.runner import RunConfig, load_job, run_job
+    from jobs.runner import RunConfig, run_job
     from jobs.storage import open_storage
 
     if batch_size != "auto" and not (batch_size.isdigit() and 0 < int(batch_size) <= 4096):
@@ -96,6 +121,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     batch_size = batch_size if batch_size == "auto" else int(batch_size)
     cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
                     dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
+                    gpus_per_worker=gpus_per_worker, max_attempts=max_attempts, watchdog_s=watchdog_s,
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
     try:
@@ -103,14 +129,10 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     except ValueError as e:
         _fail(f"--out {out}: {e}")
     try:
-        conversations = load_job(cfg)
+        summary = run_job(cfg)
     except ManifestError as e:
         _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
-    except ModelLoadError as e:
-        _fail(str(e))
-    try:
-        summary = run_job(cfg, conversations)
     except (JobMismatch, ModelLoadError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -128,7 +150,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
 def status(out, manifests, s3_endpoint_url) -> None:
     """What OUT holds: conversations and turns done, failed and pending (pending needs MANIFESTS), audio hours,
     and the last error of each failed conversation."""
-    from jobs.manifest import ManifestError, load_conversations
+    from jobs.manifest import validate_manifests
     from jobs.remote_manifests import local_manifests
     from jobs.status import job_status
     from jobs.storage import open_storage
@@ -137,15 +159,15 @@ def status(out, manifests, s3_endpoint_url) -> None:
         storage = open_storage(out, s3_endpoint_url)
     except ValueError as e:
         _fail(f"{out}: {e}")
-    conversations = None
-    if manifests:
-        with local_manifests(list(manifests), s3_endpoint_url) as local:
-            try:
-                conversations = load_conversations(local.args, check_audio=False)
-            except ManifestError as e:
-                _report_problems(local.problems(e.problems))
+    with local_manifests(list(manifests), s3_endpoint_url) as local:
+        files = None
+        if manifests:
+            report = validate_manifests(local.args, check_audio=False)
+            if not report.ok:
+                _report_problems(local.problems(report.problems))
                 sys.exit(EXIT_BAD_INPUT)
-    click.echo(job_status(storage, conversations).text())
+            files = report.files
+        click.echo(job_status(storage, files).text())
 
 
 @main.command()

@@ -78,6 +78,11 @@ class OutputWriter:
     def read_commit(self, conversation_id: str, turn_index: int) -> dict:
         return json.loads(self.storage.read_bytes(layout.commit_key(conversation_id, turn_index)))
 
+    def committed(self, conversation_id: str) -> set[int]:
+        """The conversation's committed turn indices, listed now."""
+        found = (layout.parse_commit_key(k) for k in self.storage.list(f"commits/{conversation_id}/"))
+        return {p[1] for p in found if p and p[0] == conversation_id}
+
     def load_codes(self, conversation_id: str, turn_index: int) -> np.ndarray:
         return codes_from_bytes(self.storage.read_bytes(layout.codes_key(conversation_id, turn_index)))
 

@@ -1,34 +1,126 @@
-"""Starting the Ray workers: one actor per GPU (or `--workers N`), CPU actors when there is no GPU."""
+"""The Ray side of a job: the work queue actor, one render actor per GPU (or `--workers N`), and their metrics.
+
+Everything Ray-specific lives here; RenderWorker and Feeder are plain Python and know nothing of Ray.
+"""
 
 from __future__ import annotations
 
-import ray
+import itertools
 
+import ray
+from ray.util.metrics import Counter, Gauge
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .feeder import Feeder
 from .worker import RenderWorker
+
+_ids = itertools.count()
 
 
 def plan_workers(cfg, num_items: int) -> tuple[int, dict]:
-    """How many workers, and the Ray resources each asks for. `--device cuda` asks for GPU workers even when the
-    cluster has no GPU node yet: an autoscaling cluster (KubeRay, the cluster launcher) adds the nodes the
-    pending actors ask for."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0)
-    if use_gpu:
-        count = cfg.workers or max(gpus, 1)
-        resources = {"num_gpus": 1, "num_cpus": 1}
+    """How many workers, and the Ray resources each asks for.
+
+    GPUs are asked for when the cluster has any, or with `--device cuda` even when it has none yet: an autoscaling
+    cluster (KubeRay, the cluster launcher) adds the nodes pending actors ask for. `--gpus-per-worker` below 1
+    packs several workers on one GPU. `--device` only says where the model runs, so tests can schedule on
+    logical GPUs while computing on the CPU."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    per = cfg.gpus_per_worker
+    if per is None:
+        per = 1.0 if cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0) else 0.0
+    if per > 0:
+        count = cfg.workers or max(int(gpus / per + 1e-9), 1)
     else:
         count = cfg.workers or 1
-        resources = {"num_gpus": 0, "num_cpus": 1}
-    return max(1, min(count, num_items)), resources
+    return max(1, min(count, num_items)), {"num_gpus": per, "num_cpus": 1}
 
 
-def start_workers(cfg, num_items: int) -> list:
-    count, resources = plan_workers(cfg, num_items)
-    device = "cuda" if resources["num_gpus"] else "cpu"
-    actor = ray.remote(**resources)(RenderWorker)
-    return [
-        actor.remote(cfg.model, cfg.out, device=device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                     audio_format=cfg.audio_format, defaults=cfg.defaults,
-                     s3_endpoint_url=cfg.s3_endpoint_url)
-        for _ in range(count)
-    ]
+def worker_device(cfg, resources: dict) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if resources["num_gpus"] else "cpu"
+
+
+def start_feeder(max_attempts: int):
+    # On the driver's own node: the queue must live as long as the driver, and a worker node may be preempted.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(RayFeeder).options(scheduling_strategy=here).remote(max_attempts)
+
+
+def start_worker(cfg, resources: dict, feeder) -> tuple[str, object, object]:
+    """A new render actor and its event stream: (worker id, actor, stream). The stream's first event says the
+    model is loaded; it fails when the actor dies."""
+    worker_id = f"w{next(_ids)}"
+    actor = ray.remote(max_restarts=0, **resources)(RayRenderWorker).options(
+        scheduling_strategy="SPREAD").remote(
+        cfg.model, cfg.out, device=worker_device(cfg, resources), dtype=cfg.dtype, batch_size=cfg.batch_size,
+        audio_format=cfg.audio_format, defaults=cfg.defaults, s3_endpoint_url=cfg.s3_endpoint_url)
+    stream = actor.render.options(num_returns="streaming").remote(feeder, worker_id)
+    return worker_id, actor, stream
+
+
+class RayFeed:
+    """A worker's view of the queue actor."""
+
+    def __init__(self, feeder, worker_id: str):
+        self.feeder, self.worker_id = feeder, worker_id
+
+    def take(self):
+        return ray.get(self.feeder.take.remote(self.worker_id))
+
+    def finish(self, conversation_id: str) -> None:
+        # No need to wait: calls from one caller reach an actor in order, so the next take sees it.
+        self.feeder.finish.remote(self.worker_id, conversation_id)
+
+
+class RayRenderWorker(RenderWorker):
+    """RenderWorker fed by the queue actor, counting what it renders in Ray's metrics (Ray dashboard)."""
+
+    def render(self, feeder, worker_id: str):
+        metrics = _worker_metrics()
+        tags = {"worker": worker_id}
+        for event in super().render(RayFeed(feeder, worker_id)):
+            if event["event"] == "ready":
+                event["node"] = ray.get_runtime_context().get_node_id()
+            elif event["event"] == "turn":
+                metrics["turns"].inc(1, tags)
+                metrics["frames"].inc(event["num_frames"], tags)
+                metrics["audio"].inc(event["duration_s"], tags)
+            elif event["event"] == "done":
+                metrics["conversations"].inc(1, tags)
+                if event["error"]:
+                    metrics["failures"].inc(1, tags)
+            yield event
+
+
+class RayFeeder(Feeder):
+    """Feeder publishing its queue depth and leases as Ray gauges."""
+
+    def __init__(self, max_attempts: int = 3):
+        super().__init__(max_attempts)
+        self._depth = Gauge("csm_render_queue_depth", "Conversations waiting for a worker.")
+        self._leased = Gauge("csm_render_conversations_in_flight", "Conversations being rendered.")
+
+    def take(self, worker: str):
+        got = super().take(worker)
+        self._publish()
+        return got
+
+    def put(self, items: list) -> None:
+        super().put(items)
+        self._publish()
+
+    def _publish(self) -> None:
+        self._depth.set(self.depth())
+        self._leased.set(sum(self.held().values()))
+
+
+def _worker_metrics() -> dict:
+    tags = ("worker",)
+    return {
+        "turns": Counter("csm_render_turns", "Turns rendered and committed.", tag_keys=tags),
+        "frames": Counter("csm_render_frames", "Mimi frames (80 ms each) rendered.", tag_keys=tags),
+        "audio": Counter("csm_render_audio_seconds", "Seconds of audio rendered.", tag_keys=tags),
+        "conversations": Counter("csm_render_conversations", "Conversations finished.", tag_keys=tags),
+        "failures": Counter("csm_render_failures", "Conversations failed.", tag_keys=tags),
+    }

@@ -12,8 +12,6 @@ import os
 import tempfile
 from contextlib import contextmanager
 
-from .manifest import ConversationSpec
-
 
 def is_remote(arg: str) -> bool:
     return arg.startswith("s3://")
@@ -34,10 +32,6 @@ class Localized:
             if real.startswith(local + os.sep):
                 return f"{base}/{os.path.relpath(real, local).replace(os.sep, '/')}"
         return path
-
-    def conversations(self, conversations: list[ConversationSpec]) -> list[ConversationSpec]:
-        """Audio paths that resolved inside a copy point at S3 again."""
-        return [_remap(c, self.name) for c in conversations] if self.roots else conversations
 
     def problems(self, problems: list) -> list:
         return [dataclasses.replace(p, file=self.name(p.file)) for p in problems] if self.roots else problems
@@ -72,9 +66,3 @@ def _download(uri: str, folder: str, endpoint_url: str | None, roots: dict[str, 
     os.makedirs(folder, exist_ok=True)
     roots[os.path.realpath(folder)] = base
     return os.path.join(folder, name) if single else folder
-
-
-def _remap(conv: ConversationSpec, name) -> ConversationSpec:
-    turns = [dataclasses.replace(t, audio=name(t.audio)) if t.audio and not is_remote(t.audio) else t
-             for t in conv.turns]
-    return dataclasses.replace(conv, turns=turns)

@@ -1,27 +1,28 @@
 """The driver of `csm-render run`: validate, plan, start Ray workers, follow their progress, summarize.
 
-One obvious loop: each worker (a Ray actor holding one loaded model) streams back small events as it commits
-turns; the driver only counts them. Audio never passes through the driver.
+Workers (Ray actors, each holding one loaded model) pull conversations from a queue actor and write their
+outputs straight to storage; the driver (jobs/driver.py) feeds the queue, counts the small events the workers
+stream back, and replaces workers that die. Audio never passes through the driver.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
+import tempfile
 import time
-from collections import Counter
+from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from csm_worker.loading import text_encoder_for
-
 from . import layout
-from .jobrecord import check_weights, ensure_job_record, fingerprint
-from .manifest import ConversationSpec, ManifestError, load_conversations
+from .jobrecord import ensure_job_record, fingerprint
+from .manifest import ConversationSpec, ManifestError
 from .outputs import OutputWriter, committed_turns
 from .plan import Defaults, WorkItem, plan
 from .progress import Progress
-from .remote_manifests import local_manifests
+from .spool import build_spool
 from .storage import Storage, open_storage
+from .validation import validated_manifests
 
 
 @dataclass
@@ -40,6 +41,9 @@ class RunConfig:
     revision: str | None = None
     check_audio: bool = True
     s3_endpoint_url: str | None = None
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs (or --device cuda), else 0
+    max_attempts: int = 3  # a conversation leased to this many dying workers is failed
+    watchdog_s: float = 900.0  # a worker holding conversations that commits nothing for this long is stopped
 
 
 @dataclass
@@ -50,6 +54,9 @@ class Summary:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # conversation_id -> error
+    turns_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> turns it committed
+    node_of_worker: dict[str, str] = field(default_factory=dict)  # worker id -> Ray node id it ran on
+    workers_lost: int = 0  # workers that died (killed, node gone, watchdog) and were replaced
 
     @property
     def exit_code(self) -> int:
@@ -63,43 +70,69 @@ class Summary:
             f"turns rendered: {self.turns_rendered}, audio {self.audio_seconds:.1f} s in {self.wall_seconds:.1f} s "
             f"(realtime factor {rtf:.2f})",
         ]
+        if self.workers_lost:
+            lines.append(f"workers lost and replaced: {self.workers_lost} (their conversations were requeued)")
         for cid, err in sorted(self.failed.items()):
             lines.append(f"FAILED {cid}: {err}")
         return "\n".join(lines)
 
 
-def load_job(cfg: RunConfig) -> list[ConversationSpec]:
-    """Validate and load the manifests (raises ManifestError listing every problem; nothing is written)."""
-    encoder = text_encoder_for(cfg.model, cfg.revision)
-    with local_manifests(cfg.manifests, cfg.s3_endpoint_url) as manifests:
-        try:
-            conversations = load_conversations(
-                manifests.args, text_positions=encoder.counter(),
-                default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
-                check_audio=cfg.check_audio and not manifests.has_remote)
-        except ManifestError as e:
-            raise ManifestError(manifests.problems(e.problems)) from None
-        return manifests.conversations(conversations)
-
-
 def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None) -> Summary:
+    """Render the job: the manifests of `cfg` (validated first: ManifestError lists every problem and nothing is
+    written), or the given conversations (tests, the Python API)."""
     started = time.monotonic()
-    conversations = conversations if conversations is not None else load_job(cfg)
-    storage = open_storage(cfg.out, cfg.s3_endpoint_url)
-    storage.remove_leftovers()  # temp files of writes a killed run left (one run per OUT at a time)
-    fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
-    if cfg.new_run:
-        clear_previous_run(storage)
-    ensure_job_record(storage, fp, new_run=cfg.new_run)
-    committed = committed_turns(storage)
-    work, complete = plan(conversations, committed)
-    writer = OutputWriter(storage, cfg.audio_format, cfg.model)
-    repair_metadata(storage, writer, conversations, work, committed)
-    summary = Summary(conversations=len(conversations), already_complete=complete)
-    if work:
-        _render(cfg, work, summary, writer)
+    with planner(cfg, conversations) as plan_work:
+        storage = open_storage(cfg.out, cfg.s3_endpoint_url)
+        storage.remove_leftovers()  # temp files of writes a killed run left (one run per OUT at a time)
+        fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
+        if cfg.new_run:
+            clear_previous_run(storage)
+        ensure_job_record(storage, fp, new_run=cfg.new_run)
+        committed = committed_turns(storage)
+        work = plan_work(committed)
+        writer = OutputWriter(storage, cfg.audio_format, cfg.model)
+        repair_metadata(storage, writer, work.complete_ids(), committed)
+        summary = Summary(conversations=work.conversations, already_complete=work.already_complete)
+        if work.work_conversations:
+            _render(cfg, work, summary, writer)
     summary.wall_seconds = time.monotonic() - started
     return summary
+
+
+@contextmanager
+def planner(cfg: RunConfig, conversations: list[ConversationSpec] | None = None):
+    """Validate the job's manifests, then yield `plan(committed) -> work`: what is left to render, in plan order
+    (longest first), one chunk of conversations at a time (see Work). Manifests are validated and planned by
+    record batches, spilled to a scratch folder (jobs/spool.py), so the driver never holds a whole manifest."""
+    if conversations is not None:
+        yield lambda committed: in_memory_work(conversations, committed)
+        return
+    with validated_manifests(cfg.manifests, cfg.model, cfg.revision, s3_endpoint_url=cfg.s3_endpoint_url,
+                             default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
+                             check_audio=cfg.check_audio) as (report, manifests):
+        with tempfile.TemporaryDirectory(prefix="csm-render-plan-") as scratch:
+            yield lambda committed: build_spool(report.files, committed, scratch, audio_name=manifests.name)
+
+
+@dataclass
+class Work:
+    """What is left to render, as the driver sees it (jobs.spool.Spool has the same shape): counts, and the planned
+    conversations a chunk at a time."""
+    conversations: int
+    already_complete: int
+    work_conversations: int
+    turns_to_render: int
+    chunks: Callable[[], Iterator[list[WorkItem]]]  # plan order: longest first
+    complete_ids: Callable[[], Iterable[str]]  # conversations with nothing left to render
+
+
+def in_memory_work(conversations: list[ConversationSpec], committed: dict[str, set[int]],
+                   chunk: int = 256) -> Work:
+    items, complete = plan(conversations, committed)
+    pending = {w.conversation_id for w in items}
+    return Work(len(conversations), complete, len(items), sum(len(w.remaining) for w in items),
+                chunks=lambda: (items[i : i + chunk] for i in range(0, len(items), chunk)),
+                complete_ids=lambda: (c.conversation_id for c in conversations if c.conversation_id not in pending))
 
 
 def clear_previous_run(storage: Storage) -> None:
@@ -110,102 +143,37 @@ def clear_previous_run(storage: Storage) -> None:
             storage.delete(key)
 
 
-def repair_metadata(storage: Storage, writer: OutputWriter, conversations: list[ConversationSpec],
-                    work: list[WorkItem], committed: dict[str, set[int]]) -> None:
+def repair_metadata(storage: Storage, writer: OutputWriter, complete_ids: Iterable[str],
+                    committed: dict[str, set[int]]) -> None:
     """A run killed between a conversation's last commit and its metadata file leaves the conversation complete
     but without its rows; write them from the commit records."""
-    pending = {w.conversation_id for w in work}
     have = set(storage.list("metadata/"))
-    for conv in conversations:
-        cid = conv.conversation_id
-        if cid in pending or layout.metadata_key(cid) in have or not committed.get(cid):
+    for cid in complete_ids:
+        if layout.metadata_key(cid) in have or not committed.get(cid):
             continue
         writer.write_metadata(cid, [writer.read_commit(cid, i) for i in sorted(committed[cid])])
         writer.clear_failure(cid)
 
 
-def _render(cfg: RunConfig, work: list[WorkItem], summary: Summary, writer: OutputWriter) -> None:
+def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter) -> None:
     import ray
 
-    from .ray_pool import start_workers
+    from .driver import Driver
+    from .ray_pool import plan_workers, start_feeder
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
         ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
     try:
-        workers = _ready_workers(start_workers(cfg, len(work)), writer.storage)
-        shares = [work[i :: len(workers)] for i in range(len(workers))]
-        progress = Progress(total_turns=sum(len(w.remaining) for w in work), conversations=len(work))
-        streams = {w.render.options(num_returns="streaming").remote(share):
-                   {x.conversation_id: len(x.committed) for x in share}
-                   for w, share in zip(workers, shares) if share}
-        _follow(streams, progress, summary, writer)
+        count, resources = plan_workers(cfg, work.work_conversations)
+        progress = Progress(total_turns=work.turns_to_render, conversations=work.work_conversations)
+        driver = Driver(cfg, resources, start_feeder(cfg.max_attempts), writer, progress, summary, work.chunks())
+        driver.run(count)
         progress.close()
     finally:
         if owns_ray:
             ray.shutdown()
 
 
-def _ready_workers(workers: list, storage: Storage) -> list:
-    """Wait until the workers have loaded the model, and check that the weights match the job's. A worker that
-    failed to start is kept in the list: its stream fails at once and its conversations are recorded as failed."""
-    import ray
-
-    for i, w in enumerate(workers):
-        try:
-            info = ray.get(w.info.remote())
-        except Exception:
-            continue
-        print(f"worker {i}: {info['device']} {info['dtype']}, batch size {info['batch_size']}", file=sys.stderr)
-        check_weights(storage, info["weights_hash"])
-    return workers
-
-
-def _follow(streams: dict, progress: Progress, summary: Summary, writer: OutputWriter) -> None:
-    """Count events from every worker's stream until all end. `streams` maps a stream to the conversations it
-    holds; those a worker never reported (it died) are recorded as failed, in OUT too, with the worker's error."""
-    import ray
-
-    done: set[str] = set()
-    turns: Counter[str] = Counter()  # turns committed in this run, per conversation
-    while streams:
-        ready, _ = ray.wait(list(streams), num_returns=1, timeout=1.0)
-        progress.refresh()
-        for stream in ready:
-            try:
-                event = ray.get(next(stream))
-            except StopIteration:
-                del streams[stream]
-                continue
-            except Exception as e:  # the worker died or raised outside a conversation
-                held = streams.pop(stream)
-                for cid in sorted(set(held) - done):
-                    summary.failed[cid] = f"worker failed: {_last_line(e)}"
-                    writer.write_failure(cid, "WorkerError", summary.failed[cid], attempts=1,
-                                         turns_committed=held[cid] + turns[cid])
-                    progress.conversation(failed=True)
-                continue
-            _count(event, progress, summary, done)
-            turns[event["conversation_id"]] += event["event"] == "turn"
-
-
-def _last_line(e: Exception) -> str:
-    # A Ray error carries the worker's whole traceback; its last line names the actual error.
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
-def _count(event: dict, progress: Progress, summary: Summary, done: set[str]) -> None:
-    if event["event"] == "turn":
-        summary.turns_rendered += 1
-        summary.audio_seconds += event["duration_s"]
-        progress.turn(event["duration_s"])
-    else:
-        done.add(event["conversation_id"])
-        if event["error"]:
-            summary.failed[event["conversation_id"]] = f"{event['error_type']}: {event['error']}"
-        progress.conversation(failed=bool(event["error"]))
-
-
-__all__ = ["ManifestError", "RunConfig", "Summary", "load_job", "run_job"]
+__all__ = ["ManifestError", "RunConfig", "Summary", "run_job"]

@@ -6,12 +6,13 @@ import io
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from . import layout
 from .jobrecord import read_job_record
-from .manifest import ConversationSpec
 from .outputs import committed_turns
+from .spool import conversation_totals
 from .storage import Storage
 
 
@@ -42,7 +43,9 @@ class JobStatus:
         return "\n".join(lines)
 
 
-def job_status(storage: Storage, conversations: list[ConversationSpec] | None = None) -> JobStatus:
+def job_status(storage: Storage, manifest_files: list[str] | None = None) -> JobStatus:
+    """What OUT holds; with the job's (validated) manifest files, also what is pending. The manifests are summed
+    per conversation by record batches (jobs.spool.conversation_totals), never loaded whole."""
     status = JobStatus(out=storage.url, fingerprint=(read_job_record(storage) or {}).get("fingerprint"))
     committed = committed_turns(storage)
     status.turns_done = sum(len(t) for t in committed.values())
@@ -51,18 +54,16 @@ def job_status(storage: Storage, conversations: list[ConversationSpec] | None = 
         record = json.loads(storage.read_bytes(key))
         status.failures[record["conversation_id"]] = f"{record['error_type']}: {record['message']}"
     status.conversations_failed = len(status.failures)
-    finished = {k[len("metadata/"):-len(".parquet")] for k in storage.list("metadata/")}
-    if conversations is None:
+    if manifest_files is None:
+        finished = {k[len("metadata/"):-len(".parquet")] for k in storage.list("metadata/")}
         status.conversations_done = len(finished - set(status.failures))
         return status
-    status.conversations_done = status.conversations_pending = status.turns_pending = 0
-    for conv in conversations:
-        left = [t for t in conv.turns if not t.is_given and t.turn_index not in committed.get(conv.conversation_id, ())]
-        status.turns_pending += len(left)
-        if not left:
-            status.conversations_done += 1
-        elif conv.conversation_id not in status.failures:
-            status.conversations_pending += 1
+    totals = conversation_totals(manifest_files, committed)
+    left = totals["left"].to_numpy()
+    failed = np.isin(totals["conversation_id"].to_numpy(zero_copy_only=False), list(status.failures))
+    status.turns_pending = int(left.sum())
+    status.conversations_done = int((left == 0).sum())
+    status.conversations_pending = int(((left > 0) & ~failed).sum())
     return status
 
 

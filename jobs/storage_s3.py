@@ -99,6 +99,13 @@ class S3Storage(Storage):
         """The object's bytes; FileNotFoundError when absent."""
         return self._get(self._full(key), self._where(key))
 
+    def download(self, key: str, path: str) -> None:
+        """Stream the object to the local file `path` (boto3's managed transfer: ranged parts, never whole in
+        memory), for objects too large for read_bytes such as model weights."""
+        full = self._full(key)
+        self._retry("download", self._where(key),
+                    lambda: self.client.download_file(Bucket=self.bucket, Key=full, Filename=path))
+
     def exists(self, key: str) -> bool:
         full = self._full(key)
         return self._retry("exists check", self._where(key), lambda: self._head(full) is not None)

@@ -6,12 +6,16 @@ progress events; the audio itself goes straight to storage from here, never thro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections import deque
+from collections.abc import Iterator
 from functools import partial
+from typing import Protocol
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
 
+from .model_source import local_model
 from .outputs import OutputWriter
 from .plan import Defaults, WorkItem, settings_for
 from .storage import open_storage
@@ -19,6 +23,7 @@ from .write_queue import WriteQueue
 
 
 CPU_AUTO_BATCH = 32  # on CPU, throughput flattens out around here (docs/BENCHMARKS.md)
+ASK_AGAIN_S = 0.2  # while the feed is empty, ask it at most this often (each ask is a round trip to the queue)
 
 
 def auto_batch_size(generator) -> int:
@@ -32,7 +37,7 @@ class RenderWorker:
     def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None,
                  batch_size: int | str = 8,
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None):
-        self.generator = load_csm_1b(device, model, dtype)
+        self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype)
         if batch_size == "auto":
             batch_size = auto_batch_size(self.generator)
         self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model)
@@ -44,35 +49,55 @@ class RenderWorker:
         return {"device": str(self.generator.device), "dtype": str(self.generator.model.dtype).replace("torch.", ""),
                 "batch_size": self.batch_size, "weights_hash": self.generator.loaded.weights_hash}
 
-    def render(self, items: list[WorkItem]) -> Iterator[dict]:
-        """Render the items' remaining turns; yields {"event": "turn", ...} per committed turn and
-        {"event": "done", ...} per conversation (with "error" when it failed), after its writes finished."""
-        state = {w.conversation_id: _Progress(w) for w in items}
+    def render(self, feed: "Feed") -> Iterator[dict]:
+        """Render conversations taken from `feed` until it has no more. Yields {"event": "ready", ...} once the
+        model is loaded, {"event": "turn", ...} per committed turn and {"event": "done", ...} per conversation
+        (with "error" when it failed), after its writes finished; then tells the feed the conversation is done."""
+        yield {"event": "ready", **self.info()}
+        state: dict[str, _Progress] = {}  # conversations taken and not yet finished
         early: list[tuple[str, Exception]] = []  # conversations that failed before reaching the engine
         writes = WriteQueue(max_pending=max(16, 2 * self.batch_size))
         try:
-            for event in self.generator.render(self._requests(items, early), batch_size=self.batch_size):
-                yield from self._drain(early, state)
+            requests = self._requests(feed, state, early)
+            for event in self.generator.render(requests, batch_size=self.batch_size):
+                yield from self._drain(early, state, feed)
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):
                     writes.submit(cid, partial(self._commit, state[cid], event))
                 else:
                     yield from _turn_events(writes.drain(cid))
-                    yield self._finish(state[cid], event.error_type, event.error)
+                    yield self._finish(state.pop(cid), event.error_type, event.error, feed)
                 yield from _turn_events(writes.results())
-            yield from self._drain(early, state)
+            yield from self._drain(early, state, feed)
             yield from _turn_events(writes.drain())
         finally:
             writes.close()
 
-    def _drain(self, early: list, state: dict) -> Iterator[dict]:
+    def _drain(self, early: list, state: dict, feed: "Feed") -> Iterator[dict]:
         while early:
             cid, e = early.pop(0)
-            yield self._finish(state[cid], type(e).__name__, str(e))
+            yield self._finish(state.pop(cid), type(e).__name__, str(e), feed)
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def _requests(self, items: list[WorkItem], early: list) -> Iterable[ConversationRequest]:
-        for item in items:
+    def _requests(self, feed: "Feed", state: dict, early: list) -> Iterator[ConversationRequest | None]:
+        """What the engine renders: conversations taken from the feed one at a time (the engine asks only when
+        a slot is free), None while the feed has nothing ready (the engine goes on and asks again later)."""
+        asked_empty = -ASK_AGAIN_S
+        while True:
+            if time.monotonic() - asked_empty < ASK_AGAIN_S:
+                yield None  # do not ask the feed on every decode step while it is empty
+                continue
+            got = feed.take()
+            if got is None:
+                return
+            if got is False:
+                asked_empty = time.monotonic()
+                yield None
+                continue
+            item, attempt = got
+            if attempt > 1:  # a retry: a worker that died may have committed more turns since the plan was made
+                item = WorkItem(item.spec, self.writer.committed(item.conversation_id))
+            state[item.conversation_id] = _Progress(item, attempt)
             try:
                 yield self._request(item)
             except Exception as e:  # unreadable voice prompt, missing codes: this conversation fails alone
@@ -116,7 +141,7 @@ class RenderWorker:
         return {"event": "turn", "conversation_id": turn.conversation_id, "turn_index": turn.turn_index,
                 "duration_s": row["duration_s"], "num_frames": row["num_frames"]}
 
-    def _finish(self, progress: "_Progress", error_type: str | None, error: str | None) -> dict:
+    def _finish(self, progress: "_Progress", error_type: str | None, error: str | None, feed: "Feed") -> dict:
         if progress.error and not error:
             error_type, error = progress.error
         item = progress.item
@@ -125,9 +150,11 @@ class RenderWorker:
         if rows:
             self.writer.write_metadata(cid, rows)
         if error:
-            self.writer.write_failure(cid, error_type or "Error", error, attempts=1, turns_committed=len(rows))
+            self.writer.write_failure(cid, error_type or "Error", error, attempts=progress.attempt,
+                                      turns_committed=len(rows))
         else:
             self.writer.clear_failure(cid)
+        feed.finish(cid)
         return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
                 "turns_committed": len(rows)}
 
@@ -139,8 +166,32 @@ def _turn_events(results: list) -> Iterator[dict]:
             yield r
 
 
+class Feed(Protocol):
+    """Where a worker takes its conversations from (the runner's Ray work queue, or a list in tests)."""
+
+    def take(self) -> tuple[WorkItem, int] | None | bool:
+        """(item, attempt); False: none ready yet; None: no more work."""
+
+    def finish(self, conversation_id: str) -> None:
+        """Everything of the conversation is written."""
+
+
+class ListFeed:
+    """A fixed list of work items, each a first attempt."""
+
+    def __init__(self, items: list[WorkItem]):
+        self.items = deque(items)
+
+    def take(self) -> tuple[WorkItem, int] | None:
+        return (self.items.popleft(), 1) if self.items else None
+
+    def finish(self, conversation_id: str) -> None:
+        pass
+
+
 class _Progress:
-    def __init__(self, item: WorkItem):
+    def __init__(self, item: WorkItem, attempt: int = 1):
         self.item = item
+        self.attempt = attempt
         self.rows: list[dict] = []
         self.error: tuple[str, str] | None = None

@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.manifest import ManifestError, load_conversations
+from jobs.manifest import ManifestError, load_conversations, validate_manifests
 from jobs.remote_manifests import local_manifests
+from jobs.spool import build_spool
 
 
 def put_manifest(raw, bucket, key, rows):
@@ -24,14 +25,16 @@ ROWS = [
 ]
 
 
-def test_a_prefix_of_manifests_loads_and_relative_audio_points_at_s3(raw, bucket, aws_env):
+def test_a_prefix_of_manifests_loads_and_relative_audio_points_at_s3(raw, bucket, aws_env, tmp_path):
     put_manifest(raw, bucket, "jobs/m/part-0.parquet", ROWS[:1])
     put_manifest(raw, bucket, "jobs/m/sub/part-1.parquet", ROWS[1:])
     raw.put_object(Bucket=bucket, Key="jobs/m/notes.txt", Body=b"not a manifest")
     with local_manifests([f"s3://{bucket}/jobs/m/"], aws_env) as local:
         assert local.has_remote
-        convs = local.conversations(load_conversations(local.args, check_audio=False))
-    (conv,) = convs
+        report = validate_manifests(local.args, check_audio=False)
+        spool = build_spool(report.files, {}, str(tmp_path / "plan"), audio_name=local.name)
+        items = [item for chunk in spool.chunks() for item in chunk]
+    (conv,) = [item.spec for item in items]
     assert [t.turn_index for t in conv.turns] == [0, 1]
     assert conv.turns[0].audio == f"s3://{bucket}/jobs/m/voices/a.wav"
     assert conv.turns[1].audio is None
@@ -51,4 +54,4 @@ def test_a_single_manifest_object_and_problems_named_by_their_s3_uri(raw, bucket
 def test_local_arguments_pass_through_untouched(tmp_path):
     with local_manifests([str(tmp_path)]) as local:
         assert local.args == [str(tmp_path)] and not local.has_remote
-        assert local.conversations([]) == []
+        assert local.name(str(tmp_path / "v.wav")) == str(tmp_path / "v.wav")

@@ -1,0 +1,181 @@
+"""Following a running job on the driver: feed the queue, count what workers commit, replace workers that die.
+
+The driver holds no audio and no whole plan: it puts planned conversations into the queue actor a chunk at a
+time, as workers drain it, and reads small events from each worker's stream. When a worker dies (its process
+killed, its node gone, or the watchdog stopped it), the queue hands the conversations it held to the next
+worker, which continues each from its last committed turn; a replacement worker is started in its place.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import ray
+
+from .jobrecord import check_weights
+from .outputs import OutputWriter
+from .progress import Progress
+from .ray_pool import start_worker
+
+REFILL_EVERY_S = 0.5  # how often the queue depth is checked (each check is a round trip to the queue actor)
+
+
+@dataclass
+class _Worker:
+    id: str
+    actor: object
+    started: float
+    ready: bool = False
+    slots: int = 0
+    last_event: float = 0.0
+    killed: bool = False
+
+
+class Driver:
+    def __init__(self, cfg, resources: dict, feeder, writer: OutputWriter, progress: Progress, summary,
+                 chunks: Iterator[list]):
+        self.cfg, self.resources, self.feeder, self.writer = cfg, resources, feeder, writer
+        self.progress, self.summary = progress, summary
+        self.chunks, self.planned_all = chunks, False
+        self.workers: dict[object, _Worker] = {}  # event stream -> its worker
+        self.done: set[str] = set()  # conversations finished in this run (a retried one may report twice)
+        self.slots = 0  # engine slots of the workers that are ready
+        self.failed_starts = 0  # workers that died before loading the model, since one last did
+        self.last_error = ""
+        self.next_refill = 0.0
+
+    def run(self, count: int) -> None:
+        for _ in range(count):
+            self._start()
+        while self.workers:
+            self._refill()
+            ready, _ = ray.wait(list(self.workers), num_returns=1, timeout=1.0)
+            for stream in ready:
+                self._next(stream)
+            self._watchdog()
+            self.progress.workers(self._state())
+            self.progress.refresh()
+        self._fail_leftovers()
+
+    # -- workers ----------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        worker_id, actor, stream = start_worker(self.cfg, self.resources, self.feeder)
+        now = time.monotonic()
+        self.workers[stream] = _Worker(worker_id, actor, now, last_event=now)
+
+    def _next(self, stream) -> None:
+        worker = self.workers[stream]
+        try:
+            event = ray.get(next(stream))
+        except StopIteration:  # the queue had nothing more for it
+            del self.workers[stream]
+            return
+        except Exception as e:  # the worker died, or raised outside a conversation
+            self._lost(stream, e)
+            return
+        worker.last_event = time.monotonic()
+        kind = event["event"]
+        if kind == "ready":
+            self._ready(worker, event)
+        elif kind == "turn":
+            self.summary.turns_by_worker[worker.id] = self.summary.turns_by_worker.get(worker.id, 0) + 1
+            self.summary.turns_rendered += 1
+            self.summary.audio_seconds += event["duration_s"]
+            self.progress.turn(event["duration_s"])
+        elif kind == "done" and event["conversation_id"] not in self.done:
+            cid = event["conversation_id"]
+            self.done.add(cid)
+            self.summary.failed.pop(cid, None)
+            if event["error"]:
+                self.summary.failed[cid] = f"{event['error_type']}: {event['error']}"
+            self.progress.conversation(failed=bool(event["error"]))
+
+    def _ready(self, worker: _Worker, info: dict) -> None:
+        worker.ready, worker.slots = True, info["batch_size"]
+        self.failed_starts = 0
+        self.slots += worker.slots
+        self.summary.node_of_worker[worker.id] = info["node"]
+        print(f"worker {worker.id}: {info['device']} {info['dtype']}, batch size {info['batch_size']}, "
+              f"node {info['node'][:12]}", file=sys.stderr)
+        check_weights(self.writer.storage, info["weights_hash"])
+
+    def _lost(self, stream, error: Exception) -> None:
+        """A dead worker: its conversations go back to the queue, or fail when out of attempts; another worker
+        takes its place while there is work for it."""
+        worker = self.workers.pop(stream)
+        self.last_error = _last_line(error)
+        self.slots -= worker.slots  # the replacement adds its own when ready
+        self.failed_starts += not worker.ready
+        self.summary.workers_lost += 1
+        print(f"worker {worker.id} lost: {self.last_error}", file=sys.stderr)
+        for item, attempts in ray.get(self.feeder.worker_lost.remote(worker.id)):
+            self._fail(item.conversation_id, "WorkerLost",
+                       f"its worker died {attempts} time(s) while rendering it; last: {self.last_error}", attempts)
+        more_work = not self.planned_all or ray.get(self.feeder.depth.remote()) > 0
+        if more_work and self.failed_starts < max(1, self.cfg.max_attempts):
+            self._start()
+
+    def _watchdog(self) -> None:
+        """Stop a worker that holds conversations but has committed nothing for --watchdog-s; its death then
+        takes the usual path (its conversations are retried elsewhere)."""
+        now = time.monotonic()
+        stale = [w for w in self.workers.values()
+                 if w.ready and not w.killed and now - w.last_event > self.cfg.watchdog_s]
+        if not stale:
+            return
+        activity = ray.get(self.feeder.activity.remote())
+        for w in stale:
+            held, last_taken = activity.get(w.id, (0, 0.0))
+            if held and now - max(w.last_event, last_taken) > self.cfg.watchdog_s:
+                print(f"worker {w.id} made no progress for {self.cfg.watchdog_s:g} s: stopping it", file=sys.stderr)
+                w.killed = True
+                ray.kill(w.actor, no_restart=True)
+
+    # -- the queue --------------------------------------------------------------------------------------------
+    def _refill(self) -> None:
+        """Keep about two conversations per engine slot waiting, so no engine idles and the plan stays on disk."""
+        now = time.monotonic()
+        if self.planned_all or now < self.next_refill:
+            return
+        self.next_refill = now + REFILL_EVERY_S
+        depth = ray.get(self.feeder.depth.remote())
+        while depth < max(16, 2 * self.slots):
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.planned_all = True
+                self.feeder.close.remote()
+                return
+            self.feeder.put.remote(chunk)
+            depth += len(chunk)
+
+    def _fail_leftovers(self) -> None:
+        """No worker is left (none could start): record every conversation not done as failed, so the job
+        ends with a clear account instead of hanging."""
+        left = ray.get(self.feeder.drain.remote())
+        left += [(item, 0) for chunk in self.chunks for item in chunk]
+        for item, attempts in left:
+            self._fail(item.conversation_id, "WorkerError", f"no worker could render it: {self.last_error}",
+                       attempts)
+
+    def _fail(self, cid: str, error_type: str, message: str, attempts: int) -> None:
+        if cid in self.done:
+            return
+        self.done.add(cid)
+        self.summary.failed[cid] = message
+        self.writer.write_failure(cid, error_type, message, attempts=attempts,
+                                  turns_committed=len(self.writer.committed(cid)))
+        self.progress.conversation(failed=True)
+
+    def _state(self) -> str:
+        ready = sum(w.ready for w in self.workers.values())
+        starting = len(self.workers) - ready
+        return f"workers {ready} rendering" + (f", {starting} starting" if starting else "")
+
+
+def _last_line(e: Exception) -> str:
+    # A Ray error carries the worker's whole traceback; its last line names the actual error.
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
