@@ -144,6 +144,57 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
 
 
 @main.command()
+@job_options
+@click.option("--address", required=True, envvar="RAY_ADDRESS", show_envvar=True,
+              help="The cluster's Job Submission API, e.g. http://HEAD:8265 (Ray dashboard port).")
+@click.option("--submission-id", default=None, help="Names the job; a second submit of the same id starts nothing "
+              "and reports (with --wait, follows) the job already there. Default: one Ray picks.")
+@click.option("--wait", is_flag=True, help="Follow the job's logs until it ends; exit with its exit code.")
+@click.option("--no-upload", is_flag=True, help="The cluster's image has csm-render installed: do not ship the "
+              "project in the job's runtime environment.")
+@click.pass_context
+def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
+    """Submit `csm-render run MANIFESTS --out OUT ...` as a Ray job. Local paths must exist on the cluster (a
+    shared file system); s3:// ones always do. Prints the submission id."""
+    from jobs.submit import follow, submit as submit_job
+
+    try:
+        job = submit_job(address, _run_args(ctx), submission_id, upload=not no_upload)
+    except (ConnectionError, RuntimeError) as e:
+        _fail(f"cannot submit to {address}: {e}")
+    verb = "submitted" if job.created else f"already submitted ({job.status}); nothing new started"
+    click.echo(f"{job.submission_id}: {verb}", err=True)
+    click.echo(job.submission_id)
+    if not wait:
+        return
+    try:
+        status, code = follow(address, job.submission_id)
+    except KeyboardInterrupt:
+        _fail(f"stopped following; the job goes on. Follow it again with: csm-render submit ... --submission-id "
+              f"{job.submission_id} --wait", EXIT_INTERRUPTED)
+    click.echo(f"{job.submission_id}: {status}", err=True)
+    sys.exit(code)
+
+
+def _run_args(ctx: click.Context) -> list[str]:
+    """`run`'s arguments for the values given to `submit`: options left at their defaults are left out, so the
+    cluster's `run` applies its own defaults exactly as a local `run` would."""
+    from jobs.submit import cluster_path
+
+    args = [cluster_path(m) for m in ctx.params["manifests"]]
+    for param in ctx.command.params:
+        if param.name in ("manifests", "address", "submission_id", "wait", "no_upload"):
+            continue
+        value = ctx.params[param.name]
+        if value == param.default or value is None:
+            continue
+        if param.name == "out":
+            value = cluster_path(value)
+        args += [param.opts[0]] if getattr(param, "is_flag", False) else [param.opts[0], str(value)]
+    return args
+
+
+@main.command()
 @click.argument("out")
 @click.argument("manifests", nargs=-1)
 @click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for an s3:// OUT.")

@@ -1,0 +1,99 @@
+"""`csm-render submit` against a real Ray head started here, its Job Submission API on loopback: the job runs on
+the cluster with the project shipped in its runtime environment, `--wait` follows it and returns its exit code,
+and a second submit of the same id starts nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROWS = [("a", 0, 0, "Hello there."), ("a", 1, 1, "Hi."), ("b", 0, 1, "One more line.")]
+JOB = ("--model", "random:tiny", "--max-audio-length-ms", "240", "--batch-size", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dashboard(csm_cache, tmp_path_factory):
+    """A one-node Ray cluster with its dashboard (the Jobs API) on 127.0.0.1; yields the API's URL."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def submit(*args, cwd: Path):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "submit", *map(str, args)], cwd=cwd,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=400)
+
+
+def write_manifest(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "m.parquet"
+    pq.write_table(pa.table({"conversation_id": [r[0] for r in ROWS],
+                             "turn_index": pa.array([r[1] for r in ROWS], pa.int32()),
+                             "speaker": pa.array([r[2] for r in ROWS], pa.int32()),
+                             "text": [r[3] for r in ROWS]}), path)
+    return path
+
+
+def jobs_named(address: str, submission_id: str) -> list:
+    from ray.job_submission import JobSubmissionClient
+
+    return [j for j in JobSubmissionClient(address).list_jobs() if j.submission_id == submission_id]
+
+
+def test_submit_waits_for_the_job_and_a_resubmit_starts_nothing(dashboard, tmp_path):
+    manifest = write_manifest(tmp_path / "in")
+    # Relative paths, from the folder the user is in: the cluster's entrypoint runs elsewhere.
+    args = ("in/m.parquet", "--out", "out", *JOB, "--address", dashboard, "--submission-id", "job-1", "--wait")
+    first = submit(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert first.stdout.splitlines()[0] == "job-1"
+    assert "turns rendered: 3" in first.stdout  # the job's own summary, followed from its logs
+    commits = tmp_path / "out" / "commits"
+    assert sorted(p.relative_to(commits).as_posix() for p in commits.rglob("*.json")) == [
+        "a/000000.json", "a/000001.json", "b/000000.json"]
+    assert manifest.is_file()
+    (job,) = jobs_named(dashboard, "job-1")
+    assert len(job.runtime_env["py_modules"]) == 2  # jobs and csm_worker, uploaded to the cluster
+
+    again = submit(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already submitted (SUCCEEDED)" in again.stderr
+    assert len(jobs_named(dashboard, "job-1")) == 1
+
+
+def test_the_jobs_exit_code_comes_back_with_wait(dashboard, tmp_path):
+    # A manifest that does not exist on the cluster: the job's `run` exits 2 (bad input), and so does submit.
+    result = submit("missing.parquet", "--out", "out", *JOB, "--address", dashboard, "--submission-id", "job-2",
+                    "--wait", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "missing.parquet" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path):
+    result = submit("m.parquet", "--out", "out", "--address", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot submit to http://127.0.0.1:" in result.stderr
