@@ -69,10 +69,9 @@ class OutputWriter:
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
             "sha256": audio_sha256(data), "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        # Create-only where the backend has it (S3's If-None-Match): a commit record is never replaced, and a
-        # retry that finds our own record (its first response was lost) counts as done.
-        write_commit = getattr(self.storage, "write_new", self.storage.write_bytes)
-        write_commit(layout.commit_key(cid, idx), json.dumps(row, sort_keys=True).encode())
+        # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
+        # that finds our own record (its first response was lost) counts as done.
+        self.storage.write_new(layout.commit_key(cid, idx), json.dumps(row, sort_keys=True).encode())
         return row
 
     def read_commit(self, conversation_id: str, turn_index: int) -> dict:

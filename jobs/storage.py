@@ -60,6 +60,12 @@ class Storage(ABC):
         """Store `data` under `key` atomically, replacing any previous object whole."""
 
     @abstractmethod
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Create `key` only if nothing is there, atomically. True: this call created it. False: an object with
+        the same content is there already (a retried write). StorageError: different content is there; nothing
+        was changed. Commit records use it, so a committed turn is never replaced."""
+
+    @abstractmethod
     def read_bytes(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when absent."""
 
@@ -79,8 +85,8 @@ class Storage(ABC):
         return None
 
     def remove_leftovers(self) -> int:
-        """Delete temporary files that killed writers left behind; returns how many. S3 has none: an object
-        appears whole or not at all."""
+        """Delete what killed writers left behind (temporary files, unfinished uploads); returns how many. Only
+        one run writes to an OUT at a time, so anything unfinished at the start of a run is abandoned."""
         return 0
 
     def __repr__(self) -> str:
@@ -105,21 +111,28 @@ class LocalStorage(Storage):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same folder so os.replace is a same-filesystem rename, hence atomic.
-        tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
+        tmp = _write_temp(path, data)
         try:
-            # O_EXCL: never clobber another writer's temp file; mode 0o666 lets the umask decide, as open() would.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())  # data on disk before the rename makes it visible
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)  # persist the rename itself
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = _write_temp(path, data)
+        try:
+            os.link(tmp, path)  # a hard link is created whole or not at all, and never over an existing file
+        except FileExistsError:
+            if path.read_bytes() == bytes(data):
+                return False
+            raise StorageError(f"{path} already exists with different content; refusing to replace it (delete "
+                               "it, or write to a new OUT, to render it again)") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return True
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -167,6 +180,23 @@ def _walk_files(folder: Path, key_prefix: str) -> list[str]:
         elif entry.is_file():
             keys.append(key)
     return keys
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """`data` in a new, fsynced temporary file beside `path` (same folder, so renames and links are atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
+    try:
+        # O_EXCL: never clobber another writer's temp file; mode 0o666 lets the umask decide, as open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # data on disk before the rename or link makes it visible
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -95,6 +95,21 @@ class S3Storage(Storage):
 
         return self._retry("create", where, attempt)
 
+    def remove_leftovers(self) -> int:
+        """Abort multipart uploads a killed writer left unfinished under the prefix: their parts are invisible
+        but billed until aborted. (A single put appears whole or not at all, so nothing else is left.)"""
+        base = f"{self.prefix}/" if self.prefix else ""
+
+        def attempt() -> list[tuple[str, str]]:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base)
+            return [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", ())]
+
+        uploads = self._retry("list uploads", self.url, attempt)
+        for key, upload_id in uploads:
+            self._retry("abort upload", f"s3://{self.bucket}/{key}", lambda: self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id))
+        return len(uploads)
+
     def read_bytes(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when absent."""
         return self._get(self._full(key), self._where(key))

@@ -176,3 +176,27 @@ def test_open_storage_rejects_others():
 def test_storage_is_abstract():
     with pytest.raises(TypeError):
         Storage()
+
+
+def test_write_new_creates_once_accepts_identical_retry_refuses_different(store, tmp_path):
+    assert store.write_new("commits/c1/000000.json", b'{"a": 1}') is True
+    assert store.write_new("commits/c1/000000.json", b'{"a": 1}') is False  # a retry of the same write
+    with pytest.raises(StorageError, match="already exists with different content"):
+        store.write_new("commits/c1/000000.json", b'{"a": 2}')
+    assert store.read_bytes("commits/c1/000000.json") == b'{"a": 1}'
+    assert files_under(tmp_path / "out") == ["commits/c1/000000.json"]  # no temp file left by any of them
+
+
+def test_write_new_never_replaces_a_file_that_appears_meanwhile(store, tmp_path, monkeypatch):
+    """Another writer's record lands between our temp file and our link: the link fails, theirs stays."""
+    real_link = os.link
+
+    def racing_link(src, dst):
+        Path(dst).write_bytes(b"theirs")
+        return real_link(src, dst)
+
+    monkeypatch.setattr(storage_mod.os, "link", racing_link)
+    with pytest.raises(StorageError):
+        store.write_new("commits/c1/000001.json", b"ours")
+    assert store.read_bytes("commits/c1/000001.json") == b"theirs"
+    assert files_under(tmp_path / "out") == ["commits/c1/000001.json"]

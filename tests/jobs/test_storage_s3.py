@@ -276,3 +276,14 @@ def test_commit_records_on_s3_are_create_only(bucket):
         writer.commit_turn(turn, 0.9, 50, None)
     assert writer.read_commit("c", 0) == row
     assert layout.commit_key("c", 0) in writer.storage.list("commits/")
+
+
+def test_remove_leftovers_aborts_unfinished_uploads_under_the_prefix_only(bucket, raw):
+    mine = raw.create_multipart_upload(Bucket=bucket, Key="run/audio/c1/000000.wav")["UploadId"]
+    other = raw.create_multipart_upload(Bucket=bucket, Key="elsewhere/x.bin")["UploadId"]
+    store = S3Storage(f"s3://{bucket}/run")
+    assert store.remove_leftovers() == 1
+    left = {(u["Key"], u["UploadId"]) for u in raw.list_multipart_uploads(Bucket=bucket).get("Uploads", ())}
+    assert left == {("elsewhere/x.bin", other)}
+    assert mine not in {u for _, u in left}
+    assert store.remove_leftovers() == 0
