@@ -1,23 +1,27 @@
 """CPU decode steps split into contiguous blocks of rows, each block on its own worker thread with one intra-op
 thread.
 
-Why not torch's intra-op threads: a decode step is ~1,700 small ops, and with intra-op threads each one is a
+Why not torch's intra-op threads: a decode step is ~2,700 small ops, and with intra-op threads each one is a
 parallel region whose threads meet at a barrier. When another process holds one of the cores (a shared machine),
 every barrier waits for a scheduler slice, and a batch-64 step ran 5-10x slower on two threads than on one. Row
-blocks meet once per step: on an idle machine they use both cores about as well as intra-op threads do, on a busy
-one they run about as fast as one thread. Rows never interact within a step, so the split changes no result
-beyond what the row count of a product already may (see linear.py).
+blocks meet once per step: on an idle machine they use both cores about as well as intra-op threads do. Rows
+never interact within a step, so the split changes no result beyond what the row count of a product already may
+(see linear.py; blocks always have >= 2 rows).
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 MIN_ROWS = 8  # fewer rows per block and the products get too thin to be worth a thread
+PROBE_EVERY = 16  # steps between tries of the split not in use, so a change in the machine's load is noticed
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -58,14 +62,37 @@ def blocks(rows: int, workers: int) -> list[tuple[int, int]]:
 
 
 class RowSplit:
-    """Runs fn(lo, hi) over the blocks of [0, rows), on worker threads when `workers` >= 1, else inline."""
+    """Runs fn(lo, hi) over blocks of [0, rows), on worker threads (inline when `workers` < 1).
+
+    With several workers it keeps recent per-row costs for one block and for `workers` blocks, uses the cheaper
+    and tries the other every PROBE_EVERY steps. On a shared machine the better one changes with the load: two
+    workers ran 1.6x one on an idle moment and 0.7x while another process held a core (the threads then also
+    queue for the GIL). The choice cannot change a result (rows are independent, blocks have >= 2 rows)."""
 
     def __init__(self, workers: int):
         self.workers = workers
+        self.costs: dict[int, deque] = {n: deque(maxlen=3) for n in {1, workers}} if workers > 1 else {}
+        self.steps = 0
 
     def run(self, fn: Callable[[int, int], torch.Tensor], rows: int) -> list[torch.Tensor]:
         if self.workers < 1:
             return [fn(0, rows)]
+        # Too few rows to split: one block, and the step says nothing about which choice is better.
+        n = self._choose() if len(blocks(rows, self.workers)) > 1 else 1
+        parts = blocks(rows, n)
+        start = time.perf_counter()
         # Even a single block runs on a worker: one intra-op thread is also the faster choice for a few rows.
-        futures = [_pool(self.workers).submit(fn, lo, hi) for lo, hi in blocks(rows, self.workers)]
-        return [f.result() for f in futures]
+        out = [f.result() for f in [_pool(self.workers).submit(fn, lo, hi) for lo, hi in parts]]
+        if self.costs and len(blocks(rows, self.workers)) > 1:
+            self.costs[n].append((time.perf_counter() - start) / rows)
+        return out
+
+    def _choose(self) -> int:
+        self.steps += 1
+        if not self.costs:
+            return self.workers
+        unsure = [n for n, c in self.costs.items() if len(c) < 2]  # a first step also pays one-off set-up
+        if unsure:
+            return unsure[0]
+        ranked = sorted(self.costs, key=lambda n: statistics.median(self.costs[n]))
+        return ranked[1] if self.steps % PROBE_EVERY == 0 else ranked[0]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
-from csm_worker import ConversationRequest, TurnRequest
+from csm_worker import ConversationRequest, TurnRequest, row_split
 from csm_worker.row_split import MIN_ROWS, RowSplit, _pool, blocks
 
 
@@ -28,10 +30,36 @@ def test_workers_run_on_one_intra_op_thread_and_leave_the_callers_setting():
     seen = list(_pool(3).map(lambda _: torch.get_num_threads(), range(6)))
     assert seen == [1] * 6
     assert torch.get_num_threads() == before
-    split = RowSplit(3)
-    parts = split.run(lambda lo, hi: torch.arange(lo, hi), 30)
-    assert [p.tolist() for p in parts] == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
     assert [p.tolist() for p in RowSplit(0).run(lambda lo, hi: torch.arange(lo, hi), 5)] == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("split_is_cheaper", [True, False])
+def test_the_cheaper_split_is_used_and_the_other_tried_now_and_then(monkeypatch, split_is_cheaper):
+    """A fake clock: one block costs 10 per row step, three blocks cost 2 (or 20) each."""
+    clock = [0.0]
+    lock = threading.Lock()
+    monkeypatch.setattr(row_split.time, "perf_counter", lambda: clock[0])
+
+    def fn(lo, hi):
+        with lock:
+            clock[0] += 10.0 * 30 if hi - lo == 30 else (2.0 if split_is_cheaper else 20.0) * 30 / 3
+        return torch.arange(lo, hi)
+
+    split = RowSplit(3)
+    used = []
+    for _ in range(4 * row_split.PROBE_EVERY):
+        parts = split.run(fn, 30)
+        assert torch.equal(torch.cat(parts), torch.arange(30))
+        used.append(len(parts))
+    assert sorted(used[:4]) == [1, 1, 3, 3]  # each measured twice first
+    best, other = (3, 1) if split_is_cheaper else (1, 3)
+    rest = used[4:]
+    assert rest.count(other) == sum(1 for step in range(5, len(used) + 1) if step % row_split.PROBE_EVERY == 0)
+    assert rest.count(best) == len(rest) - rest.count(other)
+    # 10 rows are too few to split: one block, and nothing is learnt from it.
+    before = {n: list(c) for n, c in split.costs.items()}
+    assert len(split.run(lambda lo, hi: torch.arange(lo, hi), 10)) == 1
+    assert {n: list(c) for n, c in split.costs.items()} == before
 
 
 def test_split_decode_gives_the_same_codes_as_one_block(render_with):
