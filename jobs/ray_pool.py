@@ -24,15 +24,27 @@ def plan_workers(cfg, num_items: int) -> tuple[int, dict]:
     cluster (KubeRay, the cluster launcher) adds the nodes pending actors ask for. `--gpus-per-worker` below 1
     packs several workers on one GPU. `--device` only says where the model runs, so tests can schedule on
     logical GPUs while computing on the CPU."""
-    gpus = ray.cluster_resources().get("GPU", 0)
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    return worker_plan(cfg, ray.cluster_resources(), num_items, largest_node_cpus=largest)
+
+
+def worker_plan(cfg, cluster: dict, num_items: int, largest_node_cpus: float | None = None) -> tuple[int, dict]:
+    """plan_workers for a cluster with these total resources (Ray's cluster_resources()); a CPU worker never
+    asks for more CPUs than its largest node has, or it could never be placed."""
+    gpus = cluster.get("GPU", 0)
     per = cfg.gpus_per_worker
     if per is None:
         per = 1.0 if cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0) else 0.0
     if per > 0:
-        count = cfg.workers or max(int(gpus / per + 1e-9), 1)
-    else:
-        count = cfg.workers or 1
-    return max(1, min(count, num_items)), {"num_gpus": per, "num_cpus": 1}
+        count = max(1, min(cfg.workers or max(int(gpus / per + 1e-9), 1), num_items))
+        return count, {"num_gpus": per, "num_cpus": 1}
+    # CPU workers share the cluster's cores: Ray gives each worker's torch as many threads as the CPUs it asks
+    # for (OMP_NUM_THREADS), so one worker alone gets them all rather than one core.
+    count = max(1, min(cfg.workers or 1, num_items))
+    share = cluster.get("CPU", 1) // count
+    if largest_node_cpus is not None:
+        share = min(share, largest_node_cpus)
+    return count, {"num_gpus": 0.0, "num_cpus": max(1, int(share))}
 
 
 def worker_device(cfg, resources: dict) -> str:
