@@ -464,3 +464,36 @@ def test_conversation_id_with_the_reserved_temp_prefix_is_refused(tmp_path, csm_
     result = csm_render("validate", manifest, "--model", "random:tiny")
     assert result.returncode == 2, result.stdout + result.stderr
     assert ".tmp-x" in result.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes_the_job(tmp_path, csm_cache):
+    """SIGINT to the run's process group (what a terminal's Ctrl-C sends) once turns are committed: exit 130 with
+    a resume hint, every process of the run gone, what was committed consistent, nothing half written under a
+    final name; the same command then finishes the job exactly once."""
+    manifest = write_manifest(tmp_path / "dialogue.parquet")
+    out = tmp_path / "out"
+    command = cli_command("run", manifest, "--out", out, *JOB_ARGS)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=dict(os.environ), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, lambda: _count_commits(out) > 0, "first commit record")
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        kill_run(proc)
+        pytest.fail("the run did not stop after Ctrl-C")
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    deadline = time.monotonic() + 30  # Ray's workers exit once their raylet has shut down
+    while session_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert session_pids(proc.pid) == {}, "processes of the interrupted run are still alive"
+    at_stop = read_local_out(out)
+    check_crash_state({k: v for k, v in at_stop.items() if not temp_names([k])})
+    committed = commits_in(at_stop)
+    assert 0 < len(committed) < len(EXPECTED), "precondition: stopped mid-job"
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ok(rerun)
+    assert turns_rendered(rerun.stdout) == len(EXPECTED) - len(committed)
+    check_complete_out(read_local_out(out))
