@@ -259,5 +259,35 @@ def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
         click.echo(f"{key:26s} {value:,.3f}" if isinstance(value, float) else f"{key:26s} {value}")
 
 
+@main.command("bench-scaling")
+@model_option
+@click.option("--workers", "worker_counts", default="1,2", show_default=True,
+              help="Worker counts to compare, comma-separated; each runs the same job.")
+@click.option("--conversations", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--turns", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--max-audio-length-ms", default=2000, show_default=True, type=click.IntRange(80, 120_000))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", default="auto", show_default=True)
+@click.option("--gpus-per-worker", default=None, type=click.FloatRange(0, 8))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per worker count.")
+def bench_scaling(model, worker_counts, conversations, turns, max_audio_length_ms, device, batch_size,
+                  gpus_per_worker, as_json) -> None:
+    """Throughput of one synthetic job with 1..N workers, as ratios to the first count (render phase only)."""
+    import json
+
+    from jobs.bench_scaling import measure
+
+    try:
+        counts = [int(c) for c in worker_counts.split(",") if c.strip()]
+    except ValueError:
+        _fail(f"--workers takes comma-separated whole numbers, not {worker_counts!r}")
+    batch = batch_size if batch_size == "auto" else int(batch_size)
+    rows = measure(model, counts, conversations, turns, max_audio_length_ms, device, batch, gpus_per_worker)
+    for row in rows:
+        click.echo(json.dumps(row) if as_json else
+                   f"workers {row['workers']}: {row['audio_s_per_s']:.2f} audio s/s over {row['render_s']:.1f} s "
+                   f"({row['ratio_vs_first']:.2f}x the first)")
+
+
 if __name__ == "__main__":
     main()

@@ -50,7 +50,10 @@ class Driver:
     def run(self, count: int) -> None:
         for _ in range(count):
             self._start()
+        first_ready = None
         while self.workers:
+            if first_ready is None and self.slots:
+                first_ready = time.monotonic()
             self._refill()
             ready, _ = ray.wait(list(self.workers), num_returns=1, timeout=1.0)
             for stream in ready:
@@ -59,6 +62,7 @@ class Driver:
             self.progress.workers(self._state())
             self.progress.refresh()
         self._fail_leftovers()
+        self.summary.render_seconds = time.monotonic() - first_ready if first_ready else 0.0
 
     # -- workers ----------------------------------------------------------------------------------------------
     def _start(self) -> None:

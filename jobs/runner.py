@@ -53,6 +53,7 @@ class Summary:
     turns_rendered: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    render_seconds: float = 0.0  # from the first worker ready to the last one done (no start-up, no planning)
     failed: dict[str, str] = field(default_factory=dict)  # conversation_id -> error
     turns_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> turns it committed
     node_of_worker: dict[str, str] = field(default_factory=dict)  # worker id -> Ray node id it ran on
