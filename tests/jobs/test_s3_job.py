@@ -10,9 +10,11 @@ straight to the bucket), everything read back through a plain boto3 client.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -22,8 +24,11 @@ import numpy as np
 import pytest
 
 from .s3_faults import FAULTS, FaultyS3Proxy
-from .test_crash_resume import (EXPECTED, JOB_ARGS, assert_same_audio, check_complete_out, codes_in,
-                                read_local_out, status_counts, turns_rendered, write_manifest)
+from jobs import layout
+
+from .test_crash_resume import (EXPECTED, JOB_ARGS, assert_same_audio, check_complete_out, check_crash_state,
+                                codes_in, commits_in, kill_run, read_local_out, status_counts, turns_rendered,
+                                write_manifest)
 
 pytestmark = pytest.mark.slow
 
@@ -199,3 +204,45 @@ def test_path_like_conversation_id_writes_nothing_to_the_bucket(cli, endpoint, s
     assert result.returncode == 2, result.stdout + result.stderr
     assert conversation_id in result.stderr
     assert listing(s3, bucket) == before
+
+
+# --- killed while writing to S3 ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.4])
+def test_run_killed_mid_job_on_s3_resumes_exactly_once(cli, env, manifest, endpoint, s3, bucket, delay_s):
+    """SIGKILL the whole run (driver, Ray, the worker writing to the bucket) `delay_s` after the first commit object
+    appears, while the worker's writes are in flight; what the bucket holds then is consistent, and the re-run
+    completes without writing any committed turn again."""
+    prefix = f"job-killed-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "jobs.cli", *map(str, job(manifest, f"s3://{bucket}/{prefix}", endpoint))]
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    commits = lambda: [k for k in listing(s3, bucket, f"{prefix}/commits/")]
+    deadline = time.monotonic() + 180
+    while not commits():
+        assert proc.poll() is None, f"the run ended before its first commit: {proc.communicate()}"
+        if time.monotonic() > deadline:
+            kill_run(proc)
+            pytest.fail("no commit within 180 s")
+        time.sleep(0.02)
+    time.sleep(delay_s)
+    kill_run(proc)
+    proc.communicate()
+
+    at_crash = read_s3_out(s3, bucket, prefix)
+    check_crash_state(at_crash)
+    committed = commits_in(at_crash)
+    assert len(committed) < len(EXPECTED), "precondition: killed mid-job"
+    print(f"\n[s3 kill] {delay_s} s after the first commit: {len(committed)} turns committed at the kill")
+    before = listing(s3, bucket, f"{prefix}/")
+
+    rerun = cli(*job(manifest, f"s3://{bucket}/{prefix}", endpoint))
+    ok(rerun)
+    assert turns_rendered(rerun.stdout) == len(EXPECTED) - len(committed)
+    check_complete_out(read_s3_out(s3, bucket, prefix))
+    after = listing(s3, bucket, f"{prefix}/")
+    for cid, idx in committed:  # the committed turn's objects were not written again (same ETag, same time)
+        commit = json.loads(at_crash[layout.commit_key(cid, idx)])
+        for key in (layout.commit_key(cid, idx), layout.codes_key(cid, idx), commit["audio_path"]):
+            assert after[f"{prefix}/{key}"] == before[f"{prefix}/{key}"], key
+    assert s3.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/").get("Uploads", []) == []
