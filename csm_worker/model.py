@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import depth
 from .linear import Linear
 from .sampling import SamplingParams, sample
 from .transformer import Transformer
@@ -42,6 +43,21 @@ class CsmModel:
         # Codebook i's head as a [vocab, dd_dim] product, one per codebook 1..31.
         self.dd_heads = [Linear(w(head.t())) for head in dd.codebooks_head.weight.detach()]
         self.offsets = torch.arange(self.num_codebooks, device=device) * self.vocab
+        self.depth_weights = self._depth_weights()
+        self.codebooks = depth.compile_codebooks(self.device.type)
+
+    def _depth_weights(self) -> depth.DepthWeights:
+        t = self.decoder
+        onednn = self.c0_head.packed is not None
+        lin = lambda lin: lin.packed if onednn else lin.weight
+        layers = lambda name: [lin(getattr(layer, name)) for layer in t.layers]
+        return depth.DepthWeights(
+            onednn=onednn, dd_in=self.dd_in, heads=[lin(h) for h in self.dd_heads],
+            norm1=[layer.norm1 for layer in t.layers], wqkv=layers("wqkv"), wo=layers("wo"),
+            norm2=[layer.norm2 for layer in t.layers], w_gate_up=layers("w_gate_up"), w_down=layers("w_down"),
+            norm=t.norm, cos=t.cos, sin=t.sin, heads_q=t.heads, heads_kv=t.kv_heads, head_dim=t.head_dim,
+            eps=float(t.eps), vocab=self.vocab,
+        )
 
     # -- caches -----------------------------------------------------------------------------------------------
     def new_caches(self, rows: int) -> dict:
@@ -101,16 +117,12 @@ class CsmModel:
         row's turn, so sampling noise depends only on (seed, frame, codebook)."""
         B = h.shape[0]
         noise = params.frame_noise(frame_index, self.num_codebooks)  # one batch of hashing per frame
-        draw = lambda i: None if noise is None else noise[:, i]
-        c = sample(self.c0_head(h), params, draw(0))
-        codes = [c]
+        c = sample(self.c0_head(h), params, None if noise is None else noise[:, 0])
         # Depth decoder: position 0 is the projected backbone state, position i >= 1 holds codebook i-1's code.
         x = torch.stack([self.dd_proj(h), self.dd_in[c]], dim=1)  # [B, 2, dd_dim]
         pos = torch.arange(2, device=self.device)[None].expand(B, 2)
         out = self.decoder.forward(x, pos, caches["decoder"], rows, pos, None, 2)[:, -1]
-        for i in range(1, self.num_codebooks):
-            if i > 1:  # positions 2..31: one shared position per step
-                out = self.decoder.forward_at(self.dd_in[c + (i - 1) * self.vocab], i, caches["decoder"], rows)
-            c = sample(self.dd_heads[i - 1](out), params, draw(i))
-            codes.append(c)
-        return torch.stack(codes, dim=1)
+        k = min(params.max_top_k, self.vocab)
+        rest = self.codebooks(out, c, noise, params.temperature, params.top_k, k, params.same_top_k,
+                              *caches["decoder"], rows.start, rows.stop, self.depth_weights)  # [B, 31]
+        return torch.cat([c[:, None], rest], dim=1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .topk import top_k
+from . import topk  # noqa: F401  (registers torch.ops.csm_render.top_k)
 
 _M32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # a well-mixing 32-bit multiplier (< 2**31, so products stay inside int64)
@@ -81,14 +81,20 @@ def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | N
     if params.all_greedy:
         return logits.argmax(dim=-1)
     k = min(params.max_top_k, logits.shape[-1])
+    return draw(logits, params.temperature, params.top_k, k, params.same_top_k, noise)
+
+
+def draw(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, k: int, same_top_k: bool,
+         noise: torch.Tensor) -> torch.Tensor:
+    """sample()'s draw for rows that are not all greedy, on tensors and numbers only, so that the scripted depth
+    decoder (depth.py) runs it too. k = max(top_k), at most V."""
     # Dividing by a positive temperature keeps the order, so only the k kept values need it.
-    values, indices = top_k(logits.float(), k)  # [B, k], sorted descending
-    values = values / params.temperature[:, None]
+    values, indices = torch.ops.csm_render.top_k(logits.float(), k)  # [B, k], sorted descending
+    values = values / temperature[:, None]
     # Gumbel-max over each row's own top-k candidates: argmax(v + g) samples softmax(v).
-    if not params.same_top_k:  # rows keep different numbers of candidates
+    if not same_top_k:  # rows keep different numbers of candidates
         ranks = torch.arange(k, device=logits.device)
-        values = values.masked_fill(ranks[None, :] >= params.top_k[:, None], float("-inf"))
+        values = values.masked_fill(ranks[None, :] >= top_k[:, None], float("-inf"))
     choice = (values + noise[:, :k]).argmax(dim=-1, keepdim=True)
-    sampled = indices.gather(1, choice).squeeze(1)
     # A greedy row (top_k 1) has a single candidate: its argmax, whatever the noise.
-    return sampled
+    return indices.gather(1, choice).squeeze(1)

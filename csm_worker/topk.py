@@ -32,6 +32,12 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return grouped(x, k)
 
 
+@torch.library.custom_op("csm_render::top_k", mutates_args=())
+def top_k_op(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_k() as torch.ops.csm_render.top_k, so TorchScript code (depth.py) can call it."""
+    return top_k(x, k)
+
+
 def grouped(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The bound in torch ops: the top k groups by max, then the top-k of their k * GROUP values and the last
     V mod GROUP columns (which belong to no group)."""

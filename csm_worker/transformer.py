@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .depth import rotate
 from .linear import Linear
 
 NUM_CODEBOOKS = 32
@@ -70,29 +71,7 @@ class Transformer:
 
     def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         # x [B, S, n, D], pos [B, S]
-        return _rotate(x, self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2))
-
-    def forward_at(self, x: torch.Tensor, p: int, cache, rows: slice) -> torch.Tensor:
-        """One new position `p` shared by every row: x [B, dim] -> [B, dim]. The depth decoder's case (all rows
-        are at the same codebook), so RoPE is one broadcast row, the cache write is a plain slice copy and
-        attention over p + 1 keys needs no mask; small matmuls beat SDPA's per-call overhead here."""
-        B = x.shape[0]
-        H, K, D = self.heads, self.kv_heads, self.head_dim
-        cos, sin = self.cos[p], self.sin[p]  # [D]
-        for i, w in enumerate(self.layers):
-            k_cache, v_cache = cache[0][i, rows], cache[1][i, rows]  # [B, K, T, D] views
-            qk, v = w.wqkv(self.rms(x, w.norm1)).split([(H + K) * D, K * D], dim=-1)
-            qk = _rotate(qk.view(B, H + K, D), cos, sin)  # queries and keys rotated in one go
-            q = qk[:, :H].view(B, K, H // K, D)  # query head h reads kv head h // G, as in repeat_kv
-            k_cache[:, :, p] = qk[:, H:]
-            v_cache[:, :, p] = v.view(B, K, D)
-            scores = (q @ k_cache[:, :, : p + 1].transpose(-1, -2)) * D**-0.5  # [B, K, G, p + 1]
-            a = scores.softmax(dim=-1) @ v_cache[:, :, : p + 1]  # [B, K, G, D]
-            # The residual add happens inside the matmul (one op instead of two).
-            x = w.wo.add(x, a.reshape(B, H * D))
-            gate, up = w.w_gate_up(self.rms(x, w.norm2)).chunk(2, dim=-1)
-            x = w.w_down.add(x, F.silu(gate) * up)
-        return self.rms(x, self.norm)
+        return rotate(x, self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2))
 
     def forward(self, x, pos, cache, rows: slice, write_pos, mask, t_len: int) -> torch.Tensor:
         """x [B, S, dim]; pos [B, S] RoPE positions; cache (k, v) [L, R, K, T, D] of which this call uses the
@@ -120,8 +99,3 @@ class Transformer:
             x = w.w_down.add(x, F.silu(gate) * up)
         return self.rms(x, self.norm)
 
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in transformers' rotate-half layout; cos/sin broadcast over x's leading dims."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csm_worker import native_topk, sampling, topk
+from csm_worker import native_topk, topk
 from csm_worker.sampling import SamplingParams, gumbel, sample
 
 
@@ -122,7 +122,7 @@ def test_draws_equal_those_of_torch_topk(lib, monkeypatch):
     for params in (p, mixed):
         draws = {}
         for name, fn in {"fast": topk.top_k, "torch": lambda x, k: x.topk(k, dim=-1)}.items():
-            monkeypatch.setattr(sampling, "top_k", fn)
+            monkeypatch.setattr(topk, "top_k", fn)  # what torch.ops.csm_render.top_k calls
             g.manual_seed(11)
             draws[name] = [sample(torch.randn(rows, 2051, generator=g), params,
                                   gumbel(params.seed, torch.full((rows,), c), params.max_top_k))

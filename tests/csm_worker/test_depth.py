@@ -1,0 +1,47 @@
+"""The depth decoder's loop (`csm_worker.depth`): scripted and eager runs give the same codes and caches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from csm_worker import depth
+from csm_worker.sampling import SamplingParams
+
+
+def frame(model, codebooks, params, rows=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    caches = model.new_caches(rows + 2)
+    h = torch.randn(rows, model.dim, generator=g)
+    model.codebooks = codebooks
+    codes = model.sample_frame(caches, slice(2, 2 + rows), h, params, torch.arange(rows))
+    return codes, caches["decoder"]
+
+
+@pytest.mark.parametrize("top_k", [[1] * 5, [50] * 5, [1, 7, 50, 2051, 3]], ids=["greedy", "sampled", "mixed"])
+def test_scripted_loop_equals_the_eager_one(gen, top_k):
+    model = gen.model
+    scripted = depth.compile_codebooks("cpu")
+    assert isinstance(scripted, torch.jit.ScriptFunction)
+    params = SamplingParams.build([0.7, 0.9, 1.0, 1.3, 0.8], top_k, [11, 12, 13, 14, 15], "cpu")
+    try:
+        eager_codes, eager_cache = frame(model, depth.codebooks, params)
+        script_codes, script_cache = frame(model, scripted, params)
+    finally:
+        model.codebooks = scripted
+    assert eager_codes.shape == (5, 32)
+    assert torch.equal(eager_codes, script_codes)
+    assert all(torch.equal(a, b) for a, b in zip(eager_cache, script_cache))
+    # Rows outside the call's block are untouched.
+    assert not eager_cache[0][:, :2].any() and eager_cache[0][:, 2:].any()
+
+
+def test_other_devices_and_a_failed_script_run_the_plain_function(monkeypatch, caplog):
+    assert depth.compile_codebooks("cuda") is depth.codebooks
+
+    def broken(fn):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(torch.jit, "script", broken)
+    assert depth.compile_codebooks.__wrapped__("cpu") is depth.codebooks
+    assert "TorchScript unavailable" in caplog.text
