@@ -5,9 +5,13 @@ and a second submit of the same id starts nothing."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,14 +36,21 @@ def dashboard(csm_cache, tmp_path_factory):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    port = free_port()
+    port, metrics = free_port(), free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "metrics_export_port": metrics, "_system_config": {"metrics_report_interval_ms": 500}})
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Head(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics")
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@dataclass
+class Head:
+    jobs_api: str  # the dashboard's Job Submission API
+    metrics: str  # the node's Prometheus endpoint, where the dashboard's metrics come from
 
 
 def submit(*args, cwd: Path):
@@ -64,9 +75,10 @@ def jobs_named(address: str, submission_id: str) -> list:
 
 
 def test_submit_waits_for_the_job_and_a_resubmit_starts_nothing(dashboard, tmp_path):
+    address = dashboard.jobs_api
     manifest = write_manifest(tmp_path / "in")
     # Relative paths, from the folder the user is in: the cluster's entrypoint runs elsewhere.
-    args = ("in/m.parquet", "--out", "out", *JOB, "--address", dashboard, "--submission-id", "job-1", "--wait")
+    args = ("in/m.parquet", "--out", "out", *JOB, "--address", address, "--submission-id", "job-1", "--wait")
     first = submit(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr + first.stdout
     assert first.stdout.splitlines()[0] == "job-1"
@@ -75,19 +87,19 @@ def test_submit_waits_for_the_job_and_a_resubmit_starts_nothing(dashboard, tmp_p
     assert sorted(p.relative_to(commits).as_posix() for p in commits.rglob("*.json")) == [
         "a/000000.json", "a/000001.json", "b/000000.json"]
     assert manifest.is_file()
-    (job,) = jobs_named(dashboard, "job-1")
+    (job,) = jobs_named(address, "job-1")
     assert len(job.runtime_env["py_modules"]) == 2  # jobs and csm_worker, uploaded to the cluster
 
     again = submit(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already submitted (SUCCEEDED)" in again.stderr
-    assert len(jobs_named(dashboard, "job-1")) == 1
+    assert len(jobs_named(address, "job-1")) == 1
 
 
 def test_the_jobs_exit_code_comes_back_with_wait(dashboard, tmp_path):
     # A manifest that does not exist on the cluster: the job's `run` exits 2 (bad input), and so does submit.
-    result = submit("missing.parquet", "--out", "out", *JOB, "--address", dashboard, "--submission-id", "job-2",
-                    "--wait", cwd=tmp_path)
+    result = submit("missing.parquet", "--out", "out", *JOB, "--address", dashboard.jobs_api,
+                    "--submission-id", "job-2", "--wait", cwd=tmp_path)
     assert result.returncode == 2, result.stderr + result.stdout
     assert "missing.parquet" in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
@@ -97,3 +109,29 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path):
     result = submit("m.parquet", "--out", "out", "--address", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert result.returncode == 2
     assert "cannot submit to http://127.0.0.1:" in result.stderr
+
+
+def scrape(url: str) -> dict[str, float]:
+    """csm-render's counters on a node's Prometheus endpoint, summed over workers (Ray prefixes them "ray_")."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for name, value in re.findall(r"^ray_(csm_render_\w+?)(?:_total)?\{[^}]*\} ([0-9.e+-]+)$", text, re.M):
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def test_workers_publish_their_counts_as_ray_metrics(dashboard, tmp_path):
+    """The render workers' counters reach the node's metrics endpoint, which the Ray dashboard's charts read."""
+    before = scrape(dashboard.metrics)
+    write_manifest(tmp_path / "in")
+    result = submit("in/m.parquet", "--out", "out", *JOB, "--address", dashboard.jobs_api, "--submission-id",
+                    "job-metrics", "--wait", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    grown = lambda name: scrape(dashboard.metrics).get(name, 0.0) - before.get(name, 0.0)
+    deadline = time.monotonic() + 60  # metrics are reported every 500 ms here
+    while grown("csm_render_conversations") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert grown("csm_render_conversations") == 2  # this job's 2 conversations and 3 turns
+    assert grown("csm_render_turns") == 3
+    assert grown("csm_render_frames") >= 3 and grown("csm_render_audio_seconds") > 0
+    assert grown("csm_render_failures") == 0
