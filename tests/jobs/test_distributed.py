@@ -44,10 +44,11 @@ def cluster(csm_cache):
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": health})
     for _ in range(GPU_NODES):
         c.add_node(num_cpus=1, num_gpus=1)
-    repo = str(Path(__file__).resolve().parents[2])
+    # The workers import the fault hook from this repository's tests package.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))
     ray.init(address=c.address, logging_level="WARNING",
              runtime_env={"worker_process_setup_hook": "tests.jobs.worker_faults.install",
-                          "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}})
+                          "env_vars": {"PYTHONPATH": path}})
     yield c
     ray.shutdown()
     c.shutdown()
