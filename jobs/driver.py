@@ -27,7 +27,6 @@ REFILL_EVERY_S = 0.5  # how often the queue depth is checked (each check is a ro
 class _Worker:
     id: str
     actor: object
-    started: float
     ready: bool = False
     slots: int = 0
     last_event: float = 0.0
@@ -46,14 +45,12 @@ class Driver:
         self.failed_starts = 0  # workers that died before loading the model, since one last did
         self.last_error = ""
         self.next_refill = 0.0
+        self.first_ready: float | None = None  # when the first worker had its model loaded
 
     def run(self, count: int) -> None:
         for _ in range(count):
             self._start()
-        first_ready = None
         while self.workers:
-            if first_ready is None and self.slots:
-                first_ready = time.monotonic()
             self._refill()
             ready, _ = ray.wait(list(self.workers), num_returns=1, timeout=1.0)
             for stream in ready:
@@ -62,13 +59,13 @@ class Driver:
             self.progress.workers(self._state())
             self.progress.refresh()
         self._fail_leftovers()
-        self.summary.render_seconds = time.monotonic() - first_ready if first_ready else 0.0
+        if self.first_ready is not None:
+            self.summary.render_seconds = time.monotonic() - self.first_ready
 
     # -- workers ----------------------------------------------------------------------------------------------
     def _start(self) -> None:
         worker_id, actor, stream = start_worker(self.cfg, self.resources, self.feeder)
-        now = time.monotonic()
-        self.workers[stream] = _Worker(worker_id, actor, now, last_event=now)
+        self.workers[stream] = _Worker(worker_id, actor, last_event=time.monotonic())
 
     def _next(self, stream) -> None:
         worker = self.workers[stream]
@@ -99,6 +96,8 @@ class Driver:
 
     def _ready(self, worker: _Worker, info: dict) -> None:
         worker.ready, worker.slots = True, info["batch_size"]
+        if self.first_ready is None:
+            self.first_ready = time.monotonic()
         self.failed_starts = 0
         self.slots += worker.slots
         self.summary.node_of_worker[worker.id] = info["node"]
