@@ -11,6 +11,7 @@ never interact within a step, so the split changes no result beyond what the row
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -25,6 +26,16 @@ PROBE_EVERY = 16  # steps between tries of the split not in use, so a change in 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+
+
+def _forget_pools_in_child() -> None:
+    # A forked child has none of the parent's threads: it must start its own pools, not wait on dead ones.
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

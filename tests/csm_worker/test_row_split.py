@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -90,3 +92,24 @@ def render_with(gen, collect):
         return turns
 
     return run
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_workers():
+    RowSplit(2).run(lambda lo, hi: torch.arange(lo, hi), 20)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # child: must not wait forever on the parent's (absent) threads
+        try:
+            parts = RowSplit(2).run(lambda lo, hi: torch.arange(lo, hi), 20)
+            os._exit(0 if torch.equal(torch.cat(parts), torch.arange(20)) else 1)
+        finally:
+            os._exit(2)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung on the parent's worker pool")
