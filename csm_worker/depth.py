@@ -105,7 +105,7 @@ def codebooks(out: torch.Tensor, c: torch.Tensor, noise: Optional[torch.Tensor],
     codes: List[torch.Tensor] = []
     for i in range(1, 32):
         if i > 1:
-            out = step_at(w.dd_in[c + (i - 1) * w.vocab], i, k_cache, v_cache, lo, hi, w)
+            out = step_at(F.embedding(c + (i - 1) * w.vocab, w.dd_in), i, k_cache, v_cache, lo, hi, w)
         logits = linear(out, w.heads[i - 1], w.onednn)
         if noise is None:
             c = logits.argmax(dim=-1)

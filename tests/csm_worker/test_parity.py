@@ -113,3 +113,14 @@ def test_kept_cache_equals_fresh_render_from_given_codes(render, noise_audio, to
     assert sorted(got2) == [("fresh2", 2)] and sorted(got3) == [("fresh3", 3)]
     np.testing.assert_array_equal(got2[("fresh2", 2)].codes, full[("kept", 2)].codes)
     np.testing.assert_array_equal(got3[("fresh3", 3)].codes, full[("kept", 3)].codes)
+
+
+def test_embeddings_are_transformers_own(gen, hf, text_ids):
+    """The lean model's embedding lookups give transformers' values exactly (frames: 32 codebooks summed)."""
+    codes = torch.randint(0, hf.config.vocab_size, (7, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want_frames = hf.backbone_model.embed_tokens(codes[None])[0]
+        tokens = torch.tensor(text_ids(1, "Some words"))
+        want_text = hf.embed_text_tokens(tokens)
+    assert torch.equal(gen.model.embed_frames(codes), want_frames)
+    assert torch.equal(gen.model.embed_text(tokens), want_text)
