@@ -59,19 +59,24 @@ def test_commit_turn_writes_audio_codes_and_record(storage, writer):
     assert json.loads(storage.read_bytes(layout.commit_key("kitchen", 2))) == row
 
 
-def test_commit_record_is_written_last(storage, writer, monkeypatch):
+def test_commit_record_is_written_last_and_create_only(storage, writer, monkeypatch):
     order = []
-    write = storage.write_bytes
 
-    def recording(key, data):
-        order.append(key)
-        write(key, data)
+    def recording(method):
+        original = getattr(storage, method)
 
-    monkeypatch.setattr(storage, "write_bytes", recording)
+        def record(key, data):
+            order.append((method, key))
+            return original(key, data)
+
+        monkeypatch.setattr(storage, method, record)
+
+    recording("write_bytes")
+    recording("write_new")
     writer.commit_turn(rendered("c", 0), 0.9, 50, None)
-    assert sorted(order) == sorted([layout.audio_key("c", 0, ".wav"), layout.codes_key("c", 0),
-                                    layout.commit_key("c", 0)])
-    assert order[-1] == layout.commit_key("c", 0)
+    assert sorted(order[:-1]) == [("write_bytes", layout.audio_key("c", 0, ".wav")),
+                                  ("write_bytes", layout.codes_key("c", 0))]
+    assert order[-1] == ("write_new", layout.commit_key("c", 0))
 
 
 def test_a_failed_write_leaves_the_turn_uncommitted(storage, writer, monkeypatch):
