@@ -23,6 +23,7 @@ import torch
 
 MIN_ROWS = 8  # fewer rows per block and the products get too thin to be worth a thread
 PROBE_EVERY = 16  # steps between tries of the split not in use, so a change in the machine's load is noticed
+FAR_BEHIND = 1.25  # cost ratio past which the choice not in use is tried 4x less often
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -76,13 +77,15 @@ class RowSplit:
     """Runs fn(lo, hi) over blocks of [0, rows), on worker threads (inline when `workers` < 1).
 
     With several workers it keeps recent per-row costs for one block and for `workers` blocks, uses the cheaper
-    and tries the other every PROBE_EVERY steps. On a shared machine the better one changes with the load: two
-    workers ran 1.6x one on an idle moment and 0.7x while another process held a core (the threads then also
-    queue for the GIL). The choice cannot change a result (rows are independent, blocks have >= 2 rows)."""
+    and tries the other every PROBE_EVERY steps (every 4 x PROBE_EVERY while it is far behind: each try costs a
+    slow step). On a shared machine the better one changes with the load: two workers ran 1.6-1.8x one in idle
+    moments and 0.7x while another process held a core (the threads then also queue for the GIL). The choice
+    cannot change a result (rows are independent, blocks have >= 2 rows)."""
 
     def __init__(self, workers: int):
         self.workers = workers
         self.costs: dict[int, deque] = {n: deque(maxlen=3) for n in {1, workers}} if workers > 1 else {}
+        self.warm: set[int] = set()  # choices that ran once: a first run also pays one-off set-up, not recorded
         self.steps = 0
 
     def run(self, fn: Callable[[int, int], torch.Tensor], rows: int) -> list[torch.Tensor]:
@@ -95,15 +98,19 @@ class RowSplit:
         # Even a single block runs on a worker: one intra-op thread is also the faster choice for a few rows.
         out = [f.result() for f in [_pool(self.workers).submit(fn, lo, hi) for lo, hi in parts]]
         if self.costs and len(blocks(rows, self.workers)) > 1:
-            self.costs[n].append((time.perf_counter() - start) / rows)
+            if n in self.warm:
+                self.costs[n].append((time.perf_counter() - start) / rows)
+            self.warm.add(n)
         return out
 
     def _choose(self) -> int:
         self.steps += 1
         if not self.costs:
             return self.workers
-        unsure = [n for n, c in self.costs.items() if len(c) < 2]  # a first step also pays one-off set-up
+        unsure = [n for n, c in self.costs.items() if not c]
         if unsure:
             return unsure[0]
-        ranked = sorted(self.costs, key=lambda n: statistics.median(self.costs[n]))
-        return ranked[1] if self.steps % PROBE_EVERY == 0 else ranked[0]
+        best, other = sorted(self.costs, key=lambda n: statistics.median(self.costs[n]))
+        far_behind = statistics.median(self.costs[other]) > FAR_BEHIND * statistics.median(self.costs[best])
+        every = PROBE_EVERY * (4 if far_behind else 1)
+        return other if self.steps % every == 0 else best

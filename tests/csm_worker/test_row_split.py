@@ -35,29 +35,34 @@ def test_workers_run_on_one_intra_op_thread_and_leave_the_callers_setting():
     assert [p.tolist() for p in RowSplit(0).run(lambda lo, hi: torch.arange(lo, hi), 5)] == [[0, 1, 2, 3, 4]]
 
 
-@pytest.mark.parametrize("split_is_cheaper", [True, False])
-def test_the_cheaper_split_is_used_and_the_other_tried_now_and_then(monkeypatch, split_is_cheaper):
-    """A fake clock: one block costs 10 per row step, three blocks cost 2 (or 20) each."""
+@pytest.mark.parametrize("split_cost,best,far", [(2.0, 3, True), (20.0, 1, True), (9.0, 3, False)],
+                         ids=["split-much-cheaper", "split-much-dearer", "split-a-little-cheaper"])
+def test_the_cheaper_split_is_used_and_the_other_tried_now_and_then(monkeypatch, split_cost, best, far):
+    """A fake clock: one block costs 10 per row step, three blocks `split_cost`; a choice's first run costs 100
+    more (one-off set-up) and must not count."""
     clock = [0.0]
     lock = threading.Lock()
     monkeypatch.setattr(row_split.time, "perf_counter", lambda: clock[0])
+    seen = set()
 
     def fn(lo, hi):
+        n = 1 if hi - lo == 30 else 3
         with lock:
-            clock[0] += 10.0 * 30 if hi - lo == 30 else (2.0 if split_is_cheaper else 20.0) * 30 / 3
+            clock[0] += (10.0 if n == 1 else split_cost) * 30 / n + (100.0 if n not in seen else 0.0)
         return torch.arange(lo, hi)
 
     split = RowSplit(3)
     used = []
-    for _ in range(4 * row_split.PROBE_EVERY):
+    for _ in range(8 * row_split.PROBE_EVERY):
         parts = split.run(fn, 30)
+        seen.add(len(parts))
         assert torch.equal(torch.cat(parts), torch.arange(30))
         used.append(len(parts))
-    assert sorted(used[:4]) == [1, 1, 3, 3]  # each measured twice first
-    best, other = (3, 1) if split_is_cheaper else (1, 3)
-    rest = used[4:]
-    assert rest.count(other) == sum(1 for step in range(5, len(used) + 1) if step % row_split.PROBE_EVERY == 0)
-    assert rest.count(best) == len(rest) - rest.count(other)
+    assert used[:4] == [1, 1, 3, 3]  # each choice: one set-up run, one measured run
+    other = 1 if best == 3 else 3
+    every = row_split.PROBE_EVERY * (4 if far else 1)
+    tried = [step for step, n in enumerate(used, start=1) if step > 4 and n == other]
+    assert tried == [step for step in range(5, len(used) + 1) if step % every == 0]
     # 10 rows are too few to split: one block, and nothing is learnt from it.
     before = {n: list(c) for n, c in split.costs.items()}
     assert len(split.run(lambda lo, hi: torch.arange(lo, hi), 10)) == 1
