@@ -11,70 +11,26 @@ Shapes: B rows, H query heads, K kv heads (G = H // K queries each), D head dim,
 
 from __future__ import annotations
 
-import functools
-import logging
-import warnings
-from typing import List, NamedTuple, Optional, Union
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .sampling import draw
-
-log = logging.getLogger(__name__)
+from .transformer import StackWeights, compile_for, linear, linear_add, rms, rotate
 
 
 class DepthWeights(NamedTuple):
     """Everything the loop reads, as tensors and numbers (TorchScript takes no objects of ours)."""
 
-    onednn: bool  # products go through oneDNN with the packed weights below (linear.py), else F.linear
+    stack: StackWeights  # the depth decoder's layers
     dd_in: torch.Tensor  # [32 * vocab, dd_dim]: embed a code, then project it
-    heads: List[torch.Tensor]  # 31 x [vocab, dd_dim]
-    norm1: List[torch.Tensor]
-    wqkv: List[torch.Tensor]
-    wo: List[torch.Tensor]
-    norm2: List[torch.Tensor]
-    w_gate_up: List[torch.Tensor]
-    w_down: List[torch.Tensor]
-    norm: torch.Tensor
-    cos: torch.Tensor  # [T, D]
-    sin: torch.Tensor
-    heads_q: int
-    heads_kv: int
-    head_dim: int
-    eps: float
+    heads: List[torch.Tensor]  # 31 x [vocab, dd_dim], packed like the stack's products
     vocab: int
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
-    if onednn:
-        no_scalars: List[Optional[Union[int, float, complex]]] = []
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", no_scalars, "")
-    return F.linear(x, w)
-
-
-def linear_add(residual: torch.Tensor, x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
-    """residual + x @ w.T, the add fused into the product."""
-    if onednn:
-        return torch.ops.mkldnn._linear_pointwise(x, residual, w, None, "add")
-    return torch.addmm(residual, x, w.t())
-
-
-def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    # Statistics in float32, as transformers' CsmRMSNorm computes them.
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, [x.shape[-1]], w, eps)
-    return w * F.rms_norm(x.float(), [x.shape[-1]], None, eps).to(x.dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in transformers' rotate-half layout; cos/sin broadcast over x's leading dims."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
 def step_at(x: torch.Tensor, p: int, k_cache: torch.Tensor, v_cache: torch.Tensor, lo: int, hi: int,
-            w: DepthWeights) -> torch.Tensor:
+            w: StackWeights) -> torch.Tensor:
     """One new position `p` shared by every row: x [B, dim] -> [B, dim]. All rows are at the same codebook, so
     RoPE is one broadcast row, the cache write a plain slice copy, and attention over p + 1 keys needs no mask;
     small matmuls beat SDPA's per-call overhead here. Caches [L, R, K, T, D]; this call owns rows lo..hi-1."""
@@ -105,8 +61,8 @@ def codebooks(out: torch.Tensor, c: torch.Tensor, noise: Optional[torch.Tensor],
     codes: List[torch.Tensor] = []
     for i in range(1, 32):
         if i > 1:
-            out = step_at(F.embedding(c + (i - 1) * w.vocab, w.dd_in), i, k_cache, v_cache, lo, hi, w)
-        logits = linear(out, w.heads[i - 1], w.onednn)
+            out = step_at(F.embedding(c + (i - 1) * w.vocab, w.dd_in), i, k_cache, v_cache, lo, hi, w.stack)
+        logits = linear(out, w.heads[i - 1], w.stack.onednn)
         if noise is None:
             c = logits.argmax(dim=-1)
         else:
@@ -115,17 +71,6 @@ def codebooks(out: torch.Tensor, c: torch.Tensor, noise: Optional[torch.Tensor],
     return torch.stack(codes, dim=1)
 
 
-@functools.cache
 def compile_codebooks(device_type: str):
-    """`codebooks`, scripted on CPU (once per process); the plain function elsewhere or when scripting fails."""
-    if device_type != "cpu":
-        return codebooks
-    try:
-        with warnings.catch_warnings():
-            # torch.jit.script is deprecated in favour of torch.compile, which on CPU took 38 s to compile this
-            # loop and ran it 2x slower than eager; the fallback below covers its removal.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(codebooks)
-    except Exception as e:  # a torch without TorchScript: the same code, eagerly
-        log.warning("TorchScript unavailable for the depth decoder (%s); running it eagerly", e)
-        return codebooks
+    """`codebooks`, scripted on CPU; the plain function elsewhere or when scripting fails."""
+    return compile_for(device_type, codebooks)

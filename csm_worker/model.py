@@ -47,17 +47,9 @@ class CsmModel:
         self.codebooks = depth.compile_codebooks(self.device.type)
 
     def _depth_weights(self) -> depth.DepthWeights:
-        t = self.decoder
-        onednn = self.c0_head.packed is not None
-        lin = lambda lin: lin.packed if onednn else lin.weight
-        layers = lambda name: [lin(getattr(layer, name)) for layer in t.layers]
-        return depth.DepthWeights(
-            onednn=onednn, dd_in=self.dd_in, heads=[lin(h) for h in self.dd_heads],
-            norm1=[layer.norm1 for layer in t.layers], wqkv=layers("wqkv"), wo=layers("wo"),
-            norm2=[layer.norm2 for layer in t.layers], w_gate_up=layers("w_gate_up"), w_down=layers("w_down"),
-            norm=t.norm, cos=t.cos, sin=t.sin, heads_q=t.heads, heads_kv=t.kv_heads, head_dim=t.head_dim,
-            eps=float(t.eps), vocab=self.vocab,
-        )
+        stack = self.decoder.weights
+        heads = [h.packed if stack.onednn else h.weight for h in self.dd_heads]
+        return depth.DepthWeights(stack=stack, dd_in=self.dd_in, heads=heads, vocab=self.vocab)
 
     # -- caches -----------------------------------------------------------------------------------------------
     def new_caches(self, rows: int) -> dict:

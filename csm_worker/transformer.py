@@ -9,15 +9,19 @@ Shapes in comments: B rows (conversation slots), S new positions, T cache length
 
 from __future__ import annotations
 
+import functools
+import logging
+import warnings
 from dataclasses import dataclass
+from typing import Callable, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from .depth import rotate
 from .linear import Linear
 
 NUM_CODEBOOKS = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +32,25 @@ class LayerWeights:
     norm2: torch.Tensor
     w_gate_up: Linear  # [2 * ffn, dim]
     w_down: Linear  # [dim, ffn]
+
+
+class StackWeights(NamedTuple):
+    """A stack's weights as tensors and numbers, for the TorchScript-compatible functions below."""
+
+    onednn: bool  # products go through oneDNN with packed weights (linear.py), else F.linear
+    norm1: List[torch.Tensor]
+    wqkv: List[torch.Tensor]
+    wo: List[torch.Tensor]
+    norm2: List[torch.Tensor]
+    w_gate_up: List[torch.Tensor]
+    w_down: List[torch.Tensor]
+    norm: torch.Tensor
+    cos: torch.Tensor  # [max_len, D]
+    sin: torch.Tensor
+    heads_q: int
+    heads_kv: int
+    head_dim: int
+    eps: float
 
 
 class Transformer:
@@ -45,6 +68,8 @@ class Transformer:
             probe = torch.zeros(1, device=device, dtype=torch.float32)
             cos, sin = rotary.to(device)(probe, torch.arange(max_len, device=device)[None])
         self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # [max_len, D]
+        self.weights = self._stack_weights()
+        self._forward = compile_for(torch.device(device).type, forward)
 
     @staticmethod
     def _fuse(layer, device, dtype) -> LayerWeights:
@@ -59,43 +84,95 @@ class Transformer:
             w_down=cat(m.down_proj),
         )
 
+    def _stack_weights(self) -> StackWeights:
+        onednn = self.layers[0].wqkv.packed is not None
+        products = lambda name: [product(getattr(layer, name)) for layer in self.layers]
+        product = lambda lin: lin.packed if onednn else lin.weight
+        return StackWeights(
+            onednn=onednn, norm1=[layer.norm1 for layer in self.layers], wqkv=products("wqkv"),
+            wo=products("wo"), norm2=[layer.norm2 for layer in self.layers], w_gate_up=products("w_gate_up"),
+            w_down=products("w_down"), norm=self.norm, cos=self.cos, sin=self.sin, heads_q=self.heads,
+            heads_kv=self.kv_heads, head_dim=self.head_dim, eps=float(self.eps),
+        )
+
     def new_cache(self, rows: int, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (len(self.layers), rows, self.kv_heads, length, self.head_dim)
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
-    def rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # One fused op; statistics in float32 as transformers' CsmRMSNorm computes them.
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, w.shape, w, self.eps)
-        return w * F.rms_norm(x.float(), w.shape, None, self.eps).to(x.dtype)
-
-    def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        # x [B, S, n, D], pos [B, S]
-        return rotate(x, self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2))
-
     def forward(self, x, pos, cache, rows: slice, write_pos, mask, t_len: int) -> torch.Tensor:
-        """x [B, S, dim]; pos [B, S] RoPE positions; cache (k, v) [L, R, K, T, D] of which this call uses the
-        contiguous `rows` (B of them); the new keys go to positions `write_pos` [B, S]; attention reads the
-        first `t_len` cache positions with `mask` [B, 1, S, t_len] (bool, True = attend), or, when mask is None,
-        plain causal attention over a cache that starts at position 0."""
-        B, S, _ = x.shape
-        H, K, D = self.heads, self.kv_heads, self.head_dim
-        row_idx = torch.arange(B, device=x.device)[:, None]
-        for i, w in enumerate(self.layers):
-            k_cache, v_cache = cache[0][i, rows], cache[1][i, rows]  # [B, K, T, D] views
-            h = self.rms(x, w.norm1)
-            q, k, v = w.wqkv(h).split([H * D, K * D, K * D], dim=-1)
-            q = self.rope(q.view(B, S, H, D), pos).transpose(1, 2)
-            k = self.rope(k.view(B, S, K, D), pos)
-            # [B, K, T, D] seen as [B, T, K, D]: one scatter writes every row's new positions.
-            k_cache.transpose(1, 2).index_put_((row_idx, write_pos), k)
-            v_cache.transpose(1, 2).index_put_((row_idx, write_pos), v.view(B, S, K, D))
-            a = F.scaled_dot_product_attention(
-                q, k_cache[:, :, :t_len], v_cache[:, :, :t_len], attn_mask=mask,
-                is_causal=mask is None and S > 1, enable_gqa=True,
-            )
-            x = w.wo.add(x, a.transpose(1, 2).reshape(B, S, H * D))
-            gate, up = w.w_gate_up(self.rms(x, w.norm2)).chunk(2, dim=-1)
-            x = w.w_down.add(x, F.silu(gate) * up)
-        return self.rms(x, self.norm)
+        """See forward() below; `cache` is the (k, v) pair and `rows` the slice of its rows this call owns."""
+        return self._forward(x, pos, cache[0], cache[1], rows.start, rows.stop, write_pos, mask, t_len,
+                             self.weights)
 
+
+def forward(x: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lo: int, hi: int,
+            write_pos: torch.Tensor, mask: Optional[torch.Tensor], t_len: int, w: StackWeights) -> torch.Tensor:
+    """x [B, S, dim]; pos [B, S] RoPE positions; caches [L, R, K, T, D] of which this call uses rows lo..hi-1
+    (B of them); the new keys go to positions `write_pos` [B, S]; attention reads the first `t_len` cache
+    positions with `mask` [B, 1, S, t_len] (bool, True = attend), or, when mask is None, plain causal attention
+    over a cache that starts at position 0."""
+    B, S = x.shape[0], x.shape[1]
+    H, K, D = w.heads_q, w.heads_kv, w.head_dim
+    row_idx = torch.arange(B, device=x.device)[:, None]
+    cos, sin = w.cos[pos].unsqueeze(2), w.sin[pos].unsqueeze(2)  # [B, S, 1, D]
+    for i in range(len(w.wqkv)):
+        k_rows, v_rows = k_cache[i, lo:hi], v_cache[i, lo:hi]  # [B, K, T, D] views
+        q, k, v = linear(rms(x, w.norm1[i], w.eps), w.wqkv[i], w.onednn).split([H * D, K * D, K * D], dim=-1)
+        q = rotate(q.view(B, S, H, D), cos, sin).transpose(1, 2)
+        k = rotate(k.view(B, S, K, D), cos, sin)
+        # [B, K, T, D] seen as [B, T, K, D]: one scatter writes every row's new positions.
+        where: List[Optional[torch.Tensor]] = [row_idx, write_pos]
+        k_rows.transpose(1, 2).index_put_(where, k)
+        v_rows.transpose(1, 2).index_put_(where, v.view(B, S, K, D))
+        a = F.scaled_dot_product_attention(q, k_rows[:, :, :t_len], v_rows[:, :, :t_len], attn_mask=mask,
+                                           is_causal=mask is None and S > 1, enable_gqa=True)
+        x = linear_add(x, a.transpose(1, 2).reshape(B, S, H * D), w.wo[i], w.onednn)
+        gate, up = linear(rms(x, w.norm2[i], w.eps), w.w_gate_up[i], w.onednn).chunk(2, dim=-1)
+        x = linear_add(x, F.silu(gate) * up, w.w_down[i], w.onednn)
+    return rms(x, w.norm, w.eps)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
+    if onednn:
+        no_scalars: List[Optional[Union[int, float, complex]]] = []
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", no_scalars, "")
+    return F.linear(x, w)
+
+
+def linear_add(residual: torch.Tensor, x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """residual + x @ w.T, the add fused into the product (as Linear.add)."""
+    if onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, residual, w, None, "add")
+    if x.dim() == 2:
+        return torch.addmm(residual, x, w.t())
+    return residual + F.linear(x, w)
+
+
+def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    # Statistics in float32, as transformers' CsmRMSNorm computes them.
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, [x.shape[-1]], w, eps)
+    return w * F.rms_norm(x.float(), [x.shape[-1]], None, eps).to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in transformers' rotate-half layout; cos/sin broadcast over x's leading dims."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@functools.cache
+def compile_for(device_type: str, fn: Callable) -> Callable:
+    """fn scripted with TorchScript on CPU (once per process), so its ops run without the GIL while row_split.py
+    runs several blocks of rows at once; the plain function on other devices or when scripting fails."""
+    if device_type != "cpu":
+        return fn
+    try:
+        with warnings.catch_warnings():
+            # torch.jit.script is deprecated in favour of torch.compile, which on CPU took 38 s to compile the
+            # depth decoder's loop and ran it 2x slower than eager; the fallback below covers its removal.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(fn)
+    except Exception as e:  # a torch without TorchScript: the same code, eagerly
+        log.warning("TorchScript unavailable for %s (%s); running it eagerly", fn.__name__, e)
+        return fn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csm_worker import depth
+from csm_worker import depth, transformer
 from csm_worker.sampling import SamplingParams
 
 
@@ -38,10 +38,35 @@ def test_scripted_loop_equals_the_eager_one(gen, top_k):
 
 def test_other_devices_and_a_failed_script_run_the_plain_function(monkeypatch, caplog):
     assert depth.compile_codebooks("cuda") is depth.codebooks
+    assert transformer.compile_for("cuda", transformer.forward) is transformer.forward
 
     def broken(fn):
         raise RuntimeError("no TorchScript here")
 
     monkeypatch.setattr(torch.jit, "script", broken)
-    assert depth.compile_codebooks.__wrapped__("cpu") is depth.codebooks
-    assert "TorchScript unavailable" in caplog.text
+    assert transformer.compile_for.__wrapped__("cpu", depth.codebooks) is depth.codebooks
+    assert "TorchScript unavailable for codebooks" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["prefill", "prefill_one_row", "decode"])
+def test_scripted_stack_forward_equals_the_eager_one(gen, case):
+    """The backbone's forward (prefill with and without a mask, a masked decode step), scripted and eager."""
+    stack = gen.model.backbone
+    assert isinstance(stack._forward, torch.jit.ScriptFunction)
+    g = torch.Generator().manual_seed(1)
+    rows, S = {"prefill": (3, 6), "prefill_one_row": (1, 6), "decode": (4, 1)}[case]
+    x = torch.randn(rows, S, gen.model.dim, generator=g)
+    start = torch.tensor([0, 2, 5, 1][:rows]) if case != "prefill_one_row" else torch.tensor([0])
+    pos = start[:, None] + torch.arange(S)[None]
+    t_len = int(pos.max()) + 1
+    mask = None if case == "prefill_one_row" else \
+        (torch.arange(t_len)[None, None, :] <= pos[:, :, None])[:, None]
+    outs, caches = [], []
+    for fn in (stack._forward, transformer.forward):
+        cache = stack.new_cache(rows + 1, 16, "cpu", torch.float32)
+        cache[0].normal_(generator=torch.Generator().manual_seed(2))
+        cache[1].normal_(generator=torch.Generator().manual_seed(3))
+        outs.append(fn(x, pos, cache[0], cache[1], 1, rows + 1, pos, mask, t_len, stack.weights))
+        caches.append(cache)
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(caches[0], caches[1]))
