@@ -66,7 +66,8 @@ class Engine:
         self.decode_audio = decode_audio
         if workers is None:
             workers = torch.get_num_threads() if model.device.type == "cpu" else 0
-        self.split = RowSplit(workers)
+        # Keyed by the model and batch size: the per-row costs it compares depend on both.
+        self.split = RowSplit.shared(workers, (id(model), batch_size))
         self.caches = model.new_caches(batch_size)
         self.h = torch.zeros(batch_size, model.dim, device=model.device, dtype=model.dtype)
         self.pos = [0] * batch_size  # next cache position per row (Python-side, so no device syncs)

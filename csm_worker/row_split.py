@@ -26,6 +26,7 @@ PROBE_EVERY = 16  # steps between tries of the split not in use, so a change in 
 FAR_BEHIND = 1.25  # cost ratio past which the choice not in use is tried 4x less often
 
 _pools: dict[int, ThreadPoolExecutor] = {}
+_shared: dict[tuple, "RowSplit"] = {}
 _pools_lock = threading.Lock()
 
 
@@ -87,6 +88,14 @@ class RowSplit:
         self.costs: dict[int, deque] = {n: deque(maxlen=3) for n in {1, workers}} if workers > 1 else {}
         self.warm: set[int] = set()  # choices that ran once: a first run also pays one-off set-up, not recorded
         self.steps = 0
+
+    @classmethod
+    def shared(cls, workers: int, key) -> "RowSplit":
+        """One RowSplit per (workers, key) for the whole process, so that engines made one after another for the
+        same work (the bench makes one per measurement) start from what the last one learnt instead of paying
+        for the first tries again."""
+        with _pools_lock:
+            return _shared.setdefault((workers, key), cls(workers))
 
     def run(self, fn: Callable[[int, int], torch.Tensor], rows: int) -> list[torch.Tensor]:
         if self.workers < 1:

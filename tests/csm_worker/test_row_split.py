@@ -118,3 +118,12 @@ def test_a_forked_child_starts_its_own_workers():
         time.sleep(0.05)
     os.kill(pid, 9)
     pytest.fail("the forked child hung on the parent's worker pool")
+
+
+def test_engines_for_the_same_work_share_what_was_learnt(gen):
+    from csm_worker.engine import Engine
+
+    make = lambda batch: Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch, workers=2)
+    a, b, other = make(16), make(16), make(8)
+    assert a.split is b.split and a.split is not other.split
+    assert RowSplit.shared(2, "k") is RowSplit.shared(2, "k") and RowSplit.shared(3, "k") is not RowSplit.shared(2, "k")
