@@ -27,8 +27,24 @@ def synthetic_job(conversations: int, turns: int, seed: int = 0) -> list[Convers
 
 
 def measure(model: str, workers: list[int], conversations: int, turns: int, max_audio_length_ms: int,
-            device: str = "cpu", batch_size: int | str = "auto", gpus_per_worker: float | None = None) -> list[dict]:
+            device: str = "cpu", batch_size: int | str = "auto", gpus_per_worker: float | None = None,
+            logical_gpus: int = 0) -> list[dict]:
+    """`logical_gpus` > 0: start a local Ray with that many logical GPUs and give each worker one of them, so a
+    worker is a fixed unit of compute (one core each on CPU) as a GPU worker would be."""
+    import ray
+
     job = synthetic_job(conversations, turns)
+    if logical_gpus:
+        ray.init(num_gpus=logical_gpus, include_dashboard=False, logging_level="WARNING")
+        gpus_per_worker = 1.0
+    try:
+        return _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker)
+    finally:
+        if logical_gpus:
+            ray.shutdown()
+
+
+def _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker) -> list[dict]:
     rows = []
     for count in workers:
         with tempfile.TemporaryDirectory(prefix="csm-render-bench-") as out:

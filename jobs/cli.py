@@ -269,9 +269,12 @@ def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--batch-size", default="auto", show_default=True)
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(0, 8))
+@click.option("--logical-gpus", default=0, type=click.IntRange(0),
+              help="Start a local Ray with this many logical GPUs, one per worker (placement only; the model runs "
+              "on --device): each worker is then a fixed unit of compute, one core each on CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per worker count.")
 def bench_scaling(model, worker_counts, conversations, turns, max_audio_length_ms, device, batch_size,
-                  gpus_per_worker, as_json) -> None:
+                  gpus_per_worker, logical_gpus, as_json) -> None:
     """Throughput of one synthetic job with 1..N workers, as ratios to the first count (render phase only)."""
     import json
 
@@ -282,7 +285,8 @@ def bench_scaling(model, worker_counts, conversations, turns, max_audio_length_m
     except ValueError:
         _fail(f"--workers takes comma-separated whole numbers, not {worker_counts!r}")
     batch = batch_size if batch_size == "auto" else int(batch_size)
-    rows = measure(model, counts, conversations, turns, max_audio_length_ms, device, batch, gpus_per_worker)
+    rows = measure(model, counts, conversations, turns, max_audio_length_ms, device, batch, gpus_per_worker,
+                   logical_gpus)
     for row in rows:
         click.echo(json.dumps(row) if as_json else
                    f"workers {row['workers']}: {row['audio_s_per_s']:.2f} audio s/s over {row['render_s']:.1f} s "
