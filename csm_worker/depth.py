@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .sampling import draw
-from .transformer import StackWeights, compile_for, linear, linear_add, rms, rotate
+from .linear import product, product_add
+from .transformer import StackWeights, compile_for, rms, rotate
 
 
 class DepthWeights(NamedTuple):
@@ -39,16 +40,16 @@ def step_at(x: torch.Tensor, p: int, k_cache: torch.Tensor, v_cache: torch.Tenso
     cos, sin = w.cos[p], w.sin[p]  # [D]
     for i in range(len(w.wqkv)):
         k, v = k_cache[i, lo:hi], v_cache[i, lo:hi]  # [B, K, T, D] views
-        qk, new_v = linear(rms(x, w.norm1[i], w.eps), w.wqkv[i], w.onednn).split([(H + K) * D, K * D], dim=-1)
+        qk, new_v = product(rms(x, w.norm1[i], w.eps), w.wqkv[i], w.onednn).split([(H + K) * D, K * D], dim=-1)
         qk = rotate(qk.view(B, H + K, D), cos, sin)  # queries and keys rotated in one go
         q = qk[:, :H].view(B, K, H // K, D)  # query head h reads kv head h // G, as in repeat_kv
         k[:, :, p] = qk[:, H:]
         v[:, :, p] = new_v.view(B, K, D)
         scores = (q @ k[:, :, : p + 1].transpose(-1, -2)) * D**-0.5  # [B, K, G, p + 1]
         a = scores.softmax(dim=-1) @ v[:, :, : p + 1]  # [B, K, G, D]
-        x = linear_add(x, a.reshape(B, H * D), w.wo[i], w.onednn)
-        gate, up = linear(rms(x, w.norm2[i], w.eps), w.w_gate_up[i], w.onednn).chunk(2, dim=-1)
-        x = linear_add(x, F.silu(gate) * up, w.w_down[i], w.onednn)
+        x = product_add(x, a.reshape(B, H * D), w.wo[i], w.onednn)
+        gate, up = product(rms(x, w.norm2[i], w.eps), w.w_gate_up[i], w.onednn).chunk(2, dim=-1)
+        x = product_add(x, F.silu(gate) * up, w.w_down[i], w.onednn)
     return rms(x, w.norm, w.eps)
 
 
@@ -62,7 +63,7 @@ def codebooks(out: torch.Tensor, c: torch.Tensor, noise: Optional[torch.Tensor],
     for i in range(1, 32):
         if i > 1:
             out = step_at(F.embedding(c + (i - 1) * w.vocab, w.dd_in), i, k_cache, v_cache, lo, hi, w.stack)
-        logits = linear(out, w.heads[i - 1], w.stack.onednn)
+        logits = product(out, w.heads[i - 1], w.stack.onednn)
         if noise is None:
             c = logits.argmax(dim=-1)
         else:

@@ -10,6 +10,8 @@ Why a class: the weight is reordered once into oneDNN's blocked layout, not on e
 
 from __future__ import annotations
 
+from typing import List, Optional, Union
+
 import torch
 import torch.nn.functional as F
 
@@ -31,18 +33,39 @@ class Linear:
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, BATCH_HINT) if use_onednn else None
 
     @property
+    def onednn(self) -> bool:
+        return self.packed is not None
+
+    @property
+    def operand(self) -> torch.Tensor:
+        """What product() takes for this weight: the packed one under oneDNN, else the weight itself."""
+        return self.packed if self.packed is not None else self.weight
+
+    @property
     def out_features(self) -> int:
         return self.weight.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return F.linear(x, self.weight)
+        return product(x, self.operand, self.onednn)
 
     def add(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """residual + x @ weight.T in one op (the add runs on the product's output, as a separate add would)."""
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
-        if x.dim() == 2:
-            return torch.addmm(residual, x, self.weight.t())
-        return residual + F.linear(x, self.weight)
+        return product_add(residual, x, self.operand, self.onednn)
+
+
+# The two functions below are TorchScript-compatible: the scripted stacks (transformer.py, depth.py) call them.
+
+def product(x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """x @ W.T, where w is W oneDNN-packed (onednn) or W itself."""
+    if onednn:
+        no_scalars: List[Optional[Union[int, float, complex]]] = []
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", no_scalars, "")
+    return F.linear(x, w)
+
+
+def product_add(residual: torch.Tensor, x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """residual + x @ W.T in one op (the add runs on the product's output, as a separate add would)."""
+    if onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, residual, w, None, "add")
+    if x.dim() == 2:
+        return torch.addmm(residual, x, w.t())
+    return residual + F.linear(x, w)

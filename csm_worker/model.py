@@ -47,9 +47,8 @@ class CsmModel:
         self.codebooks = depth.compile_codebooks(self.device.type)
 
     def _depth_weights(self) -> depth.DepthWeights:
-        stack = self.decoder.weights
-        heads = [h.packed if stack.onednn else h.weight for h in self.dd_heads]
-        return depth.DepthWeights(stack=stack, dd_in=self.dd_in, heads=heads, vocab=self.vocab)
+        heads = [h.operand for h in self.dd_heads]
+        return depth.DepthWeights(stack=self.decoder.weights, dd_in=self.dd_in, heads=heads, vocab=self.vocab)
 
     # -- caches -----------------------------------------------------------------------------------------------
     def new_caches(self, rows: int) -> dict:

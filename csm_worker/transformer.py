@@ -18,7 +18,7 @@ from typing import Callable, List, NamedTuple, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .linear import Linear
+from .linear import Linear, product, product_add
 
 NUM_CODEBOOKS = 32
 log = logging.getLogger(__name__)
@@ -85,11 +85,9 @@ class Transformer:
         )
 
     def _stack_weights(self) -> StackWeights:
-        onednn = self.layers[0].wqkv.packed is not None
-        products = lambda name: [product(getattr(layer, name)) for layer in self.layers]
-        product = lambda lin: lin.packed if onednn else lin.weight
+        products = lambda name: [getattr(layer, name).operand for layer in self.layers]
         return StackWeights(
-            onednn=onednn, norm1=[layer.norm1 for layer in self.layers], wqkv=products("wqkv"),
+            onednn=self.layers[0].wqkv.onednn, norm1=[layer.norm1 for layer in self.layers], wqkv=products("wqkv"),
             wo=products("wo"), norm2=[layer.norm2 for layer in self.layers], w_gate_up=products("w_gate_up"),
             w_down=products("w_down"), norm=self.norm, cos=self.cos, sin=self.sin, heads_q=self.heads,
             heads_kv=self.kv_heads, head_dim=self.head_dim, eps=float(self.eps),
@@ -117,7 +115,7 @@ def forward(x: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     cos, sin = w.cos[pos].unsqueeze(2), w.sin[pos].unsqueeze(2)  # [B, S, 1, D]
     for i in range(len(w.wqkv)):
         k_rows, v_rows = k_cache[i, lo:hi], v_cache[i, lo:hi]  # [B, K, T, D] views
-        q, k, v = linear(rms(x, w.norm1[i], w.eps), w.wqkv[i], w.onednn).split([H * D, K * D, K * D], dim=-1)
+        q, k, v = product(rms(x, w.norm1[i], w.eps), w.wqkv[i], w.onednn).split([H * D, K * D, K * D], dim=-1)
         q = rotate(q.view(B, S, H, D), cos, sin).transpose(1, 2)
         k = rotate(k.view(B, S, K, D), cos, sin)
         # [B, K, T, D] seen as [B, T, K, D]: one scatter writes every row's new positions.
@@ -126,26 +124,10 @@ def forward(x: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         v_rows.transpose(1, 2).index_put_(where, v.view(B, S, K, D))
         a = F.scaled_dot_product_attention(q, k_rows[:, :, :t_len], v_rows[:, :, :t_len], attn_mask=mask,
                                            is_causal=mask is None and S > 1, enable_gqa=True)
-        x = linear_add(x, a.transpose(1, 2).reshape(B, S, H * D), w.wo[i], w.onednn)
-        gate, up = linear(rms(x, w.norm2[i], w.eps), w.w_gate_up[i], w.onednn).chunk(2, dim=-1)
-        x = linear_add(x, F.silu(gate) * up, w.w_down[i], w.onednn)
+        x = product_add(x, a.transpose(1, 2).reshape(B, S, H * D), w.wo[i], w.onednn)
+        gate, up = product(rms(x, w.norm2[i], w.eps), w.w_gate_up[i], w.onednn).chunk(2, dim=-1)
+        x = product_add(x, F.silu(gate) * up, w.w_down[i], w.onednn)
     return rms(x, w.norm, w.eps)
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
-    if onednn:
-        no_scalars: List[Optional[Union[int, float, complex]]] = []
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", no_scalars, "")
-    return F.linear(x, w)
-
-
-def linear_add(residual: torch.Tensor, x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
-    """residual + x @ w.T, the add fused into the product (as Linear.add)."""
-    if onednn:
-        return torch.ops.mkldnn._linear_pointwise(x, residual, w, None, "add")
-    if x.dim() == 2:
-        return torch.addmm(residual, x, w.t())
-    return residual + F.linear(x, w)
 
 
 def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
