@@ -3,8 +3,9 @@
 Why: a draw takes the top 50 of 2051 logits per row, 32 times a frame. torch.topk on CPU runs a branchy select
 over the whole row (~15 us per row on fresh data), which was a quarter of a decode step. This kernel bounds the
 answer first: the k-th largest of the rows' group maxima (column j's group is j mod G) is a value with at least
-k values >= it, so only the few values above it (~55 of 2051 for k = 50) can be in the top-k; those are kept in
-a sorted list of k. About 3 us per row, and ctypes releases the GIL while it runs (row_split.py's threads).
+k values >= it, so only the few values above it (~70 of 2051 for k = 50 and 2k groups) can be in the top-k;
+those are kept in a sorted list of k. About 4 us per row, and ctypes releases the GIL while it runs (the row
+split's threads and the scripted depth decoder call it concurrently).
 
 No compiler, a failed build, or CSM_RENDER_NATIVE=0: `load()` returns None and callers use torch.
 """
