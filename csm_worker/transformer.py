@@ -13,7 +13,7 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Union
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F

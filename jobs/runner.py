@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import layout
