@@ -7,7 +7,6 @@ progress events; the audio itself goes straight to storage from here, never thro
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator
 from functools import partial
 from typing import Protocol
@@ -167,26 +166,13 @@ def _turn_events(results: list) -> Iterator[dict]:
 
 
 class Feed(Protocol):
-    """Where a worker takes its conversations from (the runner's Ray work queue, or a list in tests)."""
+    """Where a worker takes its conversations from (jobs.ray_pool.RayFeed: the job's queue actor)."""
 
     def take(self) -> tuple[WorkItem, int] | None | bool:
         """(item, attempt); False: none ready yet; None: no more work."""
 
     def finish(self, conversation_id: str) -> None:
         """Everything of the conversation is written."""
-
-
-class ListFeed:
-    """A fixed list of work items, each a first attempt."""
-
-    def __init__(self, items: list[WorkItem]):
-        self.items = deque(items)
-
-    def take(self) -> tuple[WorkItem, int] | None:
-        return (self.items.popleft(), 1) if self.items else None
-
-    def finish(self, conversation_id: str) -> None:
-        pass
 
 
 class _Progress:
