@@ -79,8 +79,7 @@ class OutputWriter:
 
     def committed(self, conversation_id: str) -> set[int]:
         """The conversation's committed turn indices, listed now."""
-        found = (layout.parse_commit_key(k) for k in self.storage.list(f"commits/{conversation_id}/"))
-        return {p[1] for p in found if p and p[0] == conversation_id}
+        return committed_turns(self.storage, conversation_id).get(conversation_id, set())
 
     def load_codes(self, conversation_id: str, turn_index: int) -> np.ndarray:
         return codes_from_bytes(self.storage.read_bytes(layout.codes_key(conversation_id, turn_index)))
@@ -104,10 +103,11 @@ class OutputWriter:
         self.storage.delete(layout.failure_key(conversation_id))
 
 
-def committed_turns(storage: Storage) -> dict[str, set[int]]:
-    """All committed (conversation, turn) pairs, from one listing of commits/."""
+def committed_turns(storage: Storage, conversation_id: str | None = None) -> dict[str, set[int]]:
+    """Committed turn indices by conversation, from one listing of commits/ (of one conversation's folder only,
+    when given)."""
     done: dict[str, set[int]] = defaultdict(set)
-    for key in storage.list("commits/"):
+    for key in storage.list(f"commits/{conversation_id}/" if conversation_id else "commits/"):
         parsed = layout.parse_commit_key(key)
         if parsed:
             done[parsed[0]].add(parsed[1])
