@@ -122,6 +122,15 @@ class RayFeeder(Feeder):
         super().put(items)
         self._publish()
 
+    def finish(self, worker: str, conversation_id: str) -> None:
+        super().finish(worker, conversation_id)
+        self._publish()
+
+    def worker_lost(self, worker: str):
+        exhausted = super().worker_lost(worker)
+        self._publish()
+        return exhausted
+
     def _publish(self) -> None:
         self._depth.set(self.depth())
         self._leased.set(sum(self.held().values()))
