@@ -35,7 +35,8 @@ def measure(model: str, workers: list[int], conversations: int, turns: int, max_
 
     job = synthetic_job(conversations, turns)
     if logical_gpus:
-        ray.init(num_gpus=logical_gpus, include_dashboard=False, logging_level="WARNING")
+        # A Ray of its own even where a stale /tmp/ray/ray_current_cluster names another (ray_pool.init_address).
+        ray.init(address="local", num_gpus=logical_gpus, include_dashboard=False, logging_level="WARNING")
         gpus_per_worker = 1.0
     try:
         return _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker)

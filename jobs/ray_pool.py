@@ -6,6 +6,7 @@ Everything Ray-specific lives here; RenderWorker and Feeder are plain Python and
 from __future__ import annotations
 
 import itertools
+import os
 
 import ray
 from ray.util.metrics import Counter, Gauge
@@ -15,6 +16,14 @@ from .feeder import Feeder
 from .worker import RenderWorker
 
 _ids = itertools.count()
+
+
+def init_address(address: str | None) -> str:
+    """What to pass ray.init: the address given, else RAY_ADDRESS (set inside a Ray Job), else "local", a Ray of
+    this process's own. Ray's own default (None) joins the cluster last named in /tmp/ray/ray_current_cluster,
+    which a killed `ray start` or test cluster leaves behind naming a dead address: ray.init then retries that
+    address for minutes instead of starting a Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 def plan_workers(cfg, num_items: int) -> tuple[int, dict]:

@@ -160,11 +160,11 @@ def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter) 
     import ray
 
     from .driver import Driver
-    from .ray_pool import plan_workers, start_feeder
+    from .ray_pool import init_address, plan_workers, start_feeder
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True,
+        ray.init(address=init_address(cfg.address), include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
     try:
         count, resources = plan_workers(cfg, work.work_conversations)

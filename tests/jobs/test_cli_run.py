@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def ray_session(csm_cache):
     """One local Ray for this module's later runs: in-process for run_job (which leaves a Ray it did not start
     running), by address for the CLI."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -218,6 +219,34 @@ def test_rerun_renders_nothing_and_touches_nothing(first, csm_render):
     assert "4 already complete" in result.stdout
     assert snapshot(out, "audio", "codes", "commits", "metadata") == before
     assert tmp_files(out) == []
+
+
+@pytest.fixture
+def stale_ray_address():
+    """/tmp/ray/ray_current_cluster naming a loopback port nothing listens on, as a killed `ray start` (or test
+    cluster) leaves it; whatever was there before is put back."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    saved = path.read_text() if path.exists() else None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"127.0.0.1:{port}")
+    yield
+    if saved is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(saved)
+
+
+def test_a_stale_ray_address_file_does_not_stall_a_local_run(first, csm_render, stale_ray_address):
+    # Without --address the run starts a Ray of its own; Ray's default would instead retry the dead address.
+    out = first.root / "out-stale-address"
+    result = csm_render(*first.command(out), timeout=180)
+    ok(result)
+    assert turns_rendered(result) == len(RENDERED)
 
 
 # --- other settings on the same OUT ------------------------------------------------------------------------------
