@@ -105,7 +105,9 @@ def job_options(command):
 
 @main.command()
 @job_options
-@click.option("--address", default=None, help="Ray cluster address to join (default: start a local Ray).")
+@click.option("--address", default=None,
+              help="Ray cluster to join (`auto`: the one started on this machine; default: RAY_ADDRESS, else a new "
+                   "local Ray).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
         new_run) -> None:
