@@ -96,6 +96,9 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
         summary = Summary(conversations=work.conversations, already_complete=work.already_complete)
         if work.work_conversations:
             _render(cfg, work, summary, writer)
+            # A worker that died mid-job (killed, node lost, watchdog) may have left temp files of the writes it
+            # had in flight; every worker is gone now, so nothing unfinished is anyone's any more.
+            storage.remove_leftovers()
     summary.wall_seconds = time.monotonic() - started
     return summary
 
