@@ -7,7 +7,6 @@ refused unless the user asks for a new run explicitly (`--new-run`), which start
 from __future__ import annotations
 
 import json
-import time
 from importlib import metadata as importlib_metadata
 
 from . import layout
@@ -46,7 +45,7 @@ def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False) -> dict
                 "to resume it, another --out, or --new-run to discard it and render everything with the new settings"
             )
         return record
-    record = {"fingerprint": fp, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {"fingerprint": fp, "created_at": layout.timestamp()}
     storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
     return record
 

@@ -10,7 +10,14 @@
 
 from __future__ import annotations
 
+import time
+
 JOB_RECORD = "job.json"
+
+
+def timestamp() -> str:
+    """Now, in UTC, as every record under OUT writes it (ISO 8601, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _turn(turn_index: int) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -67,7 +66,7 @@ class OutputWriter:
             "num_samples": int(len(turn.audio)), "duration_s": len(turn.audio) / turn.sample_rate,
             "num_frames": turn.num_frames, "end_reason": turn.end_reason, "seed": int(turn.seed),
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
-            "sha256": audio_sha256(data), "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sha256": audio_sha256(data), "rendered_at": layout.timestamp(),
         }
         # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
         # that finds our own record (its first response was lost) counts as done.
@@ -96,7 +95,7 @@ class OutputWriter:
                       turns_committed: int) -> None:
         record = {"conversation_id": conversation_id, "error_type": error_type, "message": message,
                   "attempts": attempts, "turns_committed": turns_committed,
-                  "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "failed_at": layout.timestamp()}
         self.storage.write_bytes(layout.failure_key(conversation_id), json.dumps(record, sort_keys=True).encode())
 
     def clear_failure(self, conversation_id: str) -> None:
