@@ -192,7 +192,7 @@ def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int 
     )
 
 
-def auto_batch_size(gen: Generator, frames: int, candidates=(8, 16, 32, 64)) -> int:
+def fastest_batch_size(gen: Generator, frames: int, candidates=(8, 16, 32, 64)) -> int:
     """GPU: the largest batch whose caches fit in a share of free memory. CPU: the fastest of a short sweep."""
     if str(gen.device).startswith("cuda"):
         return gen.max_batch_size()

@@ -247,7 +247,7 @@ def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
     except ModelLoadError as e:
         _fail(str(e))
     if batch_size == "auto":
-        size = bench_mod.auto_batch_size(gen, frames)
+        size = bench_mod.fastest_batch_size(gen, frames)
         click.echo(f"--batch-size auto chose {size}", err=True)
     elif batch_size.isdigit() and int(batch_size) > 0:
         size = int(batch_size)

@@ -25,7 +25,7 @@ CPU_AUTO_BATCH = 32  # on CPU, throughput flattens out around here (docs/BENCHMA
 ASK_AGAIN_S = 0.2  # while the feed is empty, ask it at most this often (each ask is a round trip to the queue)
 
 
-def auto_batch_size(generator) -> int:
+def default_batch_size(generator) -> int:
     """GPU: as many slots as free memory holds; CPU: a fixed size past which batching stops paying."""
     if str(generator.device).startswith("cuda"):
         return generator.max_batch_size()
@@ -38,7 +38,7 @@ class RenderWorker:
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None):
         self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype)
         if batch_size == "auto":
-            batch_size = auto_batch_size(self.generator)
+            batch_size = default_batch_size(self.generator)
         self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model)
         self.s3_endpoint_url = s3_endpoint_url
         self.defaults = defaults
