@@ -6,6 +6,7 @@
     OUT/commits/<conversation_id>/<turn>.json     commit record, written last: the turn is done iff it exists
     OUT/metadata/<conversation_id>.parquet        one row per committed turn of a finished conversation
     OUT/failures/<conversation_id>.json           why a conversation failed (removed when it later succeeds)
+    OUT/locks/<generation>.json                   the running run's lease (jobs/run_lock.py), gone when it ends
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 
 JOB_RECORD = "job.json"
+LOCKS = "locks/"
 
 
 def timestamp() -> str:
@@ -51,3 +53,13 @@ def parse_commit_key(key: str) -> tuple[str, int] | None:
         return None
     stem = parts[2][: -len(".json")]
     return (parts[1], int(stem)) if stem.isdigit() else None
+
+
+def lock_key(generation: int) -> str:
+    return f"{LOCKS}{generation:09d}.json"  # zero-padded: the listing's order is the generations' order
+
+
+def parse_lock_key(key: str) -> int | None:
+    """'locks/<generation>.json' -> generation; anything else -> None."""
+    stem = key[len(LOCKS):-len(".json")] if key.startswith(LOCKS) and key.endswith(".json") else ""
+    return int(stem) if stem.isdigit() else None

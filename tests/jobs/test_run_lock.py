@@ -1,0 +1,139 @@
+"""OUT's lease (jobs/run_lock.py): one run per OUT, on a local folder and on S3 (moto's server on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from jobs import layout, run_lock
+from jobs.run_lock import Lease, OutInUse, RunLock, read_holder
+from jobs.storage import LocalStorage, open_storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "out")
+    bucket = request.getfixturevalue("bucket")
+    return open_storage(f"s3://{bucket}/out")
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    monkeypatch.setattr(run_lock, "WAIT_STEP_S", 0.05)
+
+
+def put_lease(storage, generation=1, host=None, pid=None, age_s=0.0, run_id="other") -> Lease:
+    lease = Lease(generation, run_id, host or socket.gethostname(), pid or os.getpid(), time.time() - age_s)
+    storage.write_bytes(layout.lock_key(generation), json.dumps(lease.__dict__).encode())
+    return lease
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_the_lease_is_held_for_the_block_and_released_after(storage):
+    with RunLock(storage) as lock:
+        holder = read_holder(storage)
+        assert (holder.run_id, holder.pid, holder.generation) == (lock.run_id, os.getpid(), 1)
+        assert lock.held
+    assert storage.list(layout.LOCKS) == []
+
+
+def test_a_live_holder_keeps_out(storage):
+    put_lease(storage, run_id="nightly")  # this very process: alive
+    with pytest.raises(OutInUse, match=r"in use by run nightly on .* \(pid \d+\)"):
+        RunLock(storage, wait_s=0).acquire()
+    assert [layout.parse_lock_key(k) for k in storage.list(layout.LOCKS)] == [1]
+
+
+def test_waits_for_the_holder_to_release(tmp_path):
+    storage = LocalStorage(tmp_path / "out")
+    first = RunLock(storage).__enter__()
+    threading.Timer(0.3, first.release).start()
+    with RunLock(storage, wait_s=30) as second:
+        assert read_holder(storage).run_id == second.run_id
+
+
+def test_a_lease_not_renewed_within_the_ttl_is_taken_over(storage):
+    put_lease(storage, host="elsewhere", pid=1, age_s=200)
+    with RunLock(storage, wait_s=0) as lock:
+        assert lock.lease.generation == 2
+        assert [layout.parse_lock_key(k) for k in storage.list(layout.LOCKS)] == [2]  # the old record is gone
+
+
+def test_a_remote_holder_that_stops_renewing_is_waited_out(tmp_path):
+    storage = LocalStorage(tmp_path / "out")
+    put_lease(storage, host="elsewhere", pid=1)
+    started = time.monotonic()
+    with RunLock(storage, ttl_s=0.5, wait_s=30) as lock:
+        assert time.monotonic() - started >= 0.5 and lock.lease.generation == 2
+
+
+def test_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    storage = LocalStorage(tmp_path / "out")
+    put_lease(storage, pid=dead_pid())  # a run on this host that was killed
+    with RunLock(storage, wait_s=0) as lock:
+        assert lock.lease.generation == 2
+
+
+class RacingStorage(LocalStorage):
+    """Both contenders look (and see no holder) before either creates: the race the numbered names decide."""
+
+    def __init__(self, root, barrier):
+        super().__init__(root)
+        self.barrier = barrier
+
+    def write_new(self, key, data):
+        if key.startswith(layout.LOCKS):
+            self.barrier.wait(timeout=10)
+        return super().write_new(key, data)
+
+
+def test_of_two_runs_starting_at_once_exactly_one_holds_out(tmp_path):
+    barrier = threading.Barrier(2)
+    outcomes, locks = [], []
+
+    def contend():
+        lock = RunLock(RacingStorage(tmp_path / "out", barrier), wait_s=0)
+        locks.append(lock)
+        try:
+            lock.acquire()
+            outcomes.append("held")
+        except OutInUse:
+            outcomes.append("refused")
+            barrier.abort()  # nobody else will meet it again
+
+    threads = [threading.Thread(target=contend) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcomes) == ["held", "refused"]
+    assert [layout.parse_lock_key(k) for k in LocalStorage(tmp_path / "out").list(layout.LOCKS)] == [1]
+    for lock in locks:
+        lock.release()
+
+
+def test_renewal_refreshes_the_record_and_notices_a_takeover(storage):
+    lock = RunLock(storage, renew_s=0.05).__enter__()
+    first = read_holder(storage).renewed_at
+    deadline = time.monotonic() + 10
+    while read_holder(storage).renewed_at == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert read_holder(storage).renewed_at > first
+    put_lease(storage, generation=2, run_id="newer")  # as a run that found this one stale would
+    while lock.held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lock.lost_to.run_id == "newer" and not lock.held
+    lock.release()
+    assert read_holder(storage).run_id == "newer"  # releasing a lost lease leaves the new holder's record
