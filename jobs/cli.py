@@ -86,6 +86,9 @@ _JOB_OPTIONS = [
                  help="A conversation whose worker dies this many times is failed and recorded."),
     click.option("--watchdog-s", default=900.0, show_default=True, type=click.FloatRange(1),
                  help="Stop a worker that holds conversations but commits nothing for this long; they are retried."),
+    click.option("--lock-wait-s", default=140.0, show_default=True, type=click.FloatRange(0),
+                 help="When another run holds OUT, wait this long for it to end, then exit 2 (the default is time "
+                      "enough for the lease of a run that vanished to expire)."),
     click.option("--format", "audio_format", default="wav", show_default=True, type=click.Choice(["wav", "flac"])),
     click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(0, 5, min_open=True)),
     click.option("--top-k", default=50, show_default=True, type=click.IntRange(1, 2051)),
@@ -109,12 +112,13 @@ def job_options(command):
               help="Ray cluster to join (`auto`: the one started on this machine; default: RAY_ADDRESS, else a new "
                    "local Ray).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
-        max_attempts, watchdog_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
+        max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
         new_run) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.jobrecord import JobMismatch
     from jobs.manifest import ManifestError
     from jobs.plan import Defaults
+    from jobs.run_lock import OutInUse
     from jobs.runner import RunConfig, run_job
     from jobs.storage import open_storage
 
@@ -124,6 +128,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
                     dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
                     gpus_per_worker=gpus_per_worker, max_attempts=max_attempts, watchdog_s=watchdog_s,
+                    lock_wait_s=lock_wait_s,
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
     try:
@@ -135,7 +140,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     except ManifestError as e:
         _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
-    except (JobMismatch, ModelLoadError) as e:
+    except (JobMismatch, ModelLoadError, OutInUse) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         # Every file is written under a temporary name and renamed, so whatever was in flight is either

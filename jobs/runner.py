@@ -20,6 +20,7 @@ from .manifest import ConversationSpec, ManifestError
 from .outputs import OutputWriter, committed_turns
 from .plan import Defaults, WorkItem, plan
 from .progress import Progress
+from .run_lock import RunLock
 from .spool import build_spool
 from .storage import Storage, open_storage
 from .validation import validated_manifests
@@ -44,6 +45,7 @@ class RunConfig:
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs (or --device cuda), else 0
     max_attempts: int = 3  # a conversation leased to this many dying workers is failed
     watchdog_s: float = 900.0  # a worker holding conversations that commits nothing for this long is stopped
+    lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/run_lock.py)
 
 
 @dataclass
@@ -84,21 +86,24 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     started = time.monotonic()
     with planner(cfg, conversations) as plan_work:
         storage = open_storage(cfg.out, cfg.s3_endpoint_url)
-        storage.remove_leftovers()  # temp files of writes a killed run left (one run per OUT at a time)
-        fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
-        if cfg.new_run:
-            clear_previous_run(storage)
-        ensure_job_record(storage, fp, new_run=cfg.new_run)
-        committed = committed_turns(storage)
-        work = plan_work(committed)
-        writer = OutputWriter(storage, cfg.audio_format, cfg.model)
-        repair_metadata(storage, writer, work.complete_ids(), committed)
-        summary = Summary(conversations=work.conversations, already_complete=work.already_complete)
-        if work.work_conversations:
-            _render(cfg, work, summary, writer)
-            # A worker that died mid-job (killed, node lost, watchdog) may have left temp files of the writes it
-            # had in flight; every worker is gone now, so nothing unfinished is anyone's any more.
-            storage.remove_leftovers()
+        with RunLock(storage, wait_s=cfg.lock_wait_s) as lock:
+            storage.remove_leftovers()  # temp files of writes a killed run left: this run alone holds OUT now
+            fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
+            if cfg.new_run:
+                clear_previous_run(storage)
+            ensure_job_record(storage, fp, new_run=cfg.new_run)
+            committed = committed_turns(storage)
+            work = plan_work(committed)
+            writer = OutputWriter(storage, cfg.audio_format, cfg.model)
+            repair_metadata(storage, writer, work.complete_ids(), committed)
+            summary = Summary(conversations=work.conversations, already_complete=work.already_complete)
+            if work.work_conversations:
+                _render(cfg, work, summary, writer)
+                # A worker that died mid-job (killed, node lost, watchdog) may have left temp files of the writes
+                # it had in flight; every worker is gone now, so nothing unfinished is anyone's any more, unless
+                # another run took OUT over while this one was not heard from.
+                if lock.held:
+                    storage.remove_leftovers()
     summary.wall_seconds = time.monotonic() - started
     return summary
 

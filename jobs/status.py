@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 from . import layout
 from .jobrecord import read_job_record
 from .outputs import committed_turns
+from .run_lock import is_stale, read_holder
 from .spool import conversation_totals
 from .storage import Storage
 
@@ -27,9 +29,12 @@ class JobStatus:
     turns_pending: int | None = None
     audio_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
+    running: str | None = None  # the run holding OUT's lease, described (jobs/run_lock.py)
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
+        if self.running:
+            lines.append(f"running: {self.running}")
         if self.fingerprint:
             fp = self.fingerprint
             lines.append(f"model: {fp.get('model')}  format: {fp.get('audio_format')}  defaults: {fp.get('defaults')}")
@@ -47,6 +52,10 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     """What OUT holds; with the job's (validated) manifest files, also what is pending. The manifests are summed
     per conversation by record batches (jobs.spool.conversation_totals), never loaded whole."""
     status = JobStatus(out=storage.url, fingerprint=(read_job_record(storage) or {}).get("fingerprint"))
+    holder, now = read_holder(storage), time.time()
+    if holder is not None:
+        gone = " (gone: no longer renewed, or its process ended)" if is_stale(holder, now) else ""
+        status.running = holder.describe(now) + gone
     committed = committed_turns(storage)
     status.turns_done = sum(len(t) for t in committed.values())
     status.audio_seconds = _audio_seconds(storage, committed)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +249,23 @@ def test_a_stale_ray_address_file_does_not_stall_a_local_run(first, csm_render, 
     result = csm_render(*first.command(out), timeout=180)
     ok(result)
     assert turns_rendered(result) == len(RENDERED)
+
+
+def test_an_out_another_run_holds_is_refused_and_left_alone(first, csm_render):
+    # A live run's lease (this test's own process stands in for it): the run waits 0 s, exits 2, writes nothing.
+    out = copy_out(first, "out-busy")
+    lease = {"generation": 1, "run_id": "nightly", "host": socket.gethostname(), "pid": os.getpid(),
+             "renewed_at": time.time()}
+    (out / "locks").mkdir(exist_ok=True)
+    (out / layout.lock_key(1)).write_text(json.dumps(lease))
+    (out / layout.commit_key("station", 2)).unlink()  # work left that the refused run must not do
+    before = snapshot(out, "")
+    status = csm_render("status", out)
+    assert "running: run nightly on" in status.stdout
+    result = csm_render(*first.command(out, "--lock-wait-s", 0))
+    assert result.returncode == 2, result.stderr
+    assert "is in use by run nightly" in result.stderr
+    assert snapshot(out, "") == before
 
 
 # --- other settings on the same OUT ------------------------------------------------------------------------------
