@@ -59,6 +59,8 @@ def read_holder(storage: Storage) -> Lease | None:
         return Lease(**json.loads(storage.read_bytes(keys[-1])))
     except FileNotFoundError:  # released between our listing and our read
         return None
+    except (ValueError, TypeError):  # not a lease record (edited by hand?): a holder that is gone
+        return Lease(layout.parse_lock_key(keys[-1]), "unreadable", "?", 0, 0.0)
 
 
 def is_stale(lease: Lease, now: float, ttl_s: float = TTL_S) -> bool:

@@ -73,8 +73,8 @@ def test_a_lease_not_renewed_within_the_ttl_is_taken_over(storage):
 
 def test_a_remote_holder_that_stops_renewing_is_waited_out(tmp_path):
     storage = LocalStorage(tmp_path / "out")
-    put_lease(storage, host="elsewhere", pid=1)
     started = time.monotonic()
+    put_lease(storage, host="elsewhere", pid=1)
     with RunLock(storage, ttl_s=0.5, wait_s=30) as lock:
         assert time.monotonic() - started >= 0.5 and lock.lease.generation == 2
 
@@ -84,6 +84,12 @@ def test_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
     put_lease(storage, pid=dead_pid())  # a run on this host that was killed
     with RunLock(storage, wait_s=0) as lock:
         assert lock.lease.generation == 2
+
+
+def test_an_unreadable_lease_record_is_taken_over(storage):
+    storage.write_bytes(layout.lock_key(3), b"not json")
+    with RunLock(storage, wait_s=0) as lock:
+        assert lock.lease.generation == 4
 
 
 class RacingStorage(LocalStorage):
