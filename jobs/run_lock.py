@@ -7,10 +7,12 @@ the writes in flight would be lost. So a run takes OUT's lease first.
 
 The lease needs nothing but the storage's create-only write and listing, which both backends have (S3: a
 conditional put). Leases are numbered: OUT/locks/000000007.json. The highest number is the holder. A run takes the
-lease by creating the next number; two runs that try at once race for the same name and only one creates it. The
-holder rewrites its own record every RENEW_S seconds; a record not renewed for `ttl_s` (on the reader's clock, so
-hosts' clocks must agree to well within it) belongs to a run that is gone. A record whose run was on this host
-and whose process is gone is stale at once, so re-running right after a crash or a kill does not wait.
+lease by creating the next number; two runs that try at once race for the same name and only one creates it. A run
+that has created its record and then finds another live run's record (taken under another number just then, from
+another view of the folder) withdraws its own. The holder rewrites its own record every RENEW_S seconds; a record
+not renewed for `ttl_s` (on the reader's clock, so hosts' clocks must agree to well within it) belongs to a run
+that is gone. A record whose run was on this host and whose process is gone is stale at once, so re-running right
+after a crash or a kill does not wait.
 """
 
 from __future__ import annotations
@@ -52,15 +54,27 @@ class Lease:
 
 def read_holder(storage: Storage) -> Lease | None:
     """The newest lease record under OUT/locks/, or None."""
-    keys = [k for k in storage.list(layout.LOCKS) if layout.parse_lock_key(k) is not None]
-    if not keys:
-        return None
+    for _ in range(5):  # a record released between our listing and our read: list again
+        keys = _lock_keys(storage)
+        if not keys:
+            return None
+        lease = _read(storage, keys[-1])
+        if lease is not None:
+            return lease
+    return None
+
+
+def _lock_keys(storage: Storage) -> list[str]:
+    return [k for k in storage.list(layout.LOCKS) if layout.parse_lock_key(k) is not None]
+
+
+def _read(storage: Storage, key: str) -> Lease | None:
     try:
-        return Lease(**json.loads(storage.read_bytes(keys[-1])))
-    except FileNotFoundError:  # released between our listing and our read
+        return Lease(**json.loads(storage.read_bytes(key)))
+    except FileNotFoundError:
         return None
     except (ValueError, TypeError):  # not a lease record (edited by hand?): a holder that is gone
-        return Lease(layout.parse_lock_key(keys[-1]), "unreadable", "?", 0, 0.0)
+        return Lease(layout.parse_lock_key(key), "unreadable", "?", 0, 0.0)
 
 
 def is_stale(lease: Lease, now: float, ttl_s: float = TTL_S) -> bool:
@@ -132,13 +146,26 @@ class RunLock:
             self.storage.write_new(layout.lock_key(generation), _encode(lease))
         except StorageError:  # a different record is there: that run won the race
             return False
+        if not self._alone(generation):
+            self.storage.delete(layout.lock_key(generation))
+            return False
         self.lease = lease
-        for key in self.storage.list(layout.LOCKS):  # earlier holders' records: theirs is over
-            earlier = layout.parse_lock_key(key)
-            if earlier is not None and earlier < generation:
-                self.storage.delete(key)
         self._renewer = threading.Thread(target=self._renew_loop, name="csm-render-lease", daemon=True)
         self._renewer.start()
+        return True
+
+    def _alone(self, generation: int) -> bool:
+        """After creating our record: delete the records of runs that are gone; False when a live run's record is
+        there too (it took another number just as we took ours, e.g. after the holder we saw released OUT)."""
+        for key in _lock_keys(self.storage):
+            if layout.parse_lock_key(key) == generation:
+                continue
+            other = _read(self.storage, key)
+            if other is None:
+                continue
+            if not is_stale(other, time.time(), self.ttl_s):
+                return False
+            self.storage.delete(key)
         return True
 
     def _renew_loop(self) -> None:

@@ -130,6 +130,19 @@ def test_of_two_runs_starting_at_once_exactly_one_holds_out(tmp_path):
         lock.release()
 
 
+def test_a_taker_that_finds_another_live_record_backs_off(storage):
+    # A took over a stale generation 5 from an outdated view, while B, seeing OUT free after 5 was released,
+    # took generation 1: whoever sees the other's live record after creating its own withdraws it.
+    put_lease(storage, generation=1, run_id="b")  # B: this process, alive and fresh
+    late = RunLock(storage, wait_s=0)
+    assert late._take(6) is False
+    assert [layout.parse_lock_key(k) for k in storage.list(layout.LOCKS)] == [1]
+    put_lease(storage, generation=1, run_id="b", host="elsewhere", age_s=500)  # now B is gone
+    assert late._take(6) is True
+    assert [layout.parse_lock_key(k) for k in storage.list(layout.LOCKS)] == [6]
+    late.release()
+
+
 def test_renewal_refreshes_the_record_and_notices_a_takeover(storage):
     lock = RunLock(storage, renew_s=0.05).__enter__()
     first = read_holder(storage).renewed_at
