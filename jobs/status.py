@@ -53,7 +53,7 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     per conversation by record batches (jobs.spool.conversation_totals), never loaded whole."""
     status = JobStatus(out=storage.url, fingerprint=(read_job_record(storage) or {}).get("fingerprint"))
     holder, now = read_holder(storage), time.time()
-    if holder is not None:
+    if holder is not None and not holder.released:
         gone = " (gone: no longer renewed, or its process ended)" if is_stale(holder, now) else ""
         status.running = holder.describe(now) + gone
     committed = committed_turns(storage)

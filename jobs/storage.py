@@ -23,6 +23,10 @@ class StorageError(Exception):
     """A storage operation that would leave the output root, or a root that cannot be used."""
 
 
+class ObjectExists(StorageError):
+    """write_new found an object with different content under the key; nothing was changed."""
+
+
 def check_key(key: str) -> str:
     """Return `key` if it is a safe relative key, else raise ValueError naming it."""
     if not isinstance(key, str) or not key:
@@ -127,7 +131,7 @@ class LocalStorage(Storage):
         except FileExistsError:
             if path.read_bytes() == bytes(data):
                 return False
-            raise StorageError(f"{path} already exists with different content; refusing to replace it (delete "
+            raise ObjectExists(f"{path} already exists with different content; refusing to replace it (delete "
                                "it, or write to a new OUT, to render it again)") from None
         finally:
             tmp.unlink(missing_ok=True)

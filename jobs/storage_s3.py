@@ -27,7 +27,7 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from .storage import Storage, StorageError, check_key
+from .storage import ObjectExists, Storage, StorageError, check_key
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -89,7 +89,7 @@ class S3Storage(Storage):
             if same is None:  # deleted between our put and our look: a transient race, try the put again
                 raise _Vanished()
             if not same:
-                raise StorageError(f"{where} already exists with different content; refusing to replace it "
+                raise ObjectExists(f"{where} already exists with different content; refusing to replace it "
                                    "(delete it, or write to a new OUT, to render it again)")
             return False
 

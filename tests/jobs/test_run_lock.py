@@ -12,8 +12,8 @@ import time
 import pytest
 
 from jobs import layout, run_lock
-from jobs.run_lock import Lease, OutInUse, RunLock, read_holder
-from jobs.storage import LocalStorage, open_storage
+from jobs.run_lock import Lease, LeaseLost, OutInUse, RunLock, read_holder
+from jobs.storage import LocalStorage, StorageError, open_storage
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -44,9 +44,12 @@ def dead_pid() -> int:
 def test_the_lease_is_held_for_the_block_and_released_after(storage):
     with RunLock(storage) as lock:
         holder = read_holder(storage)
-        assert (holder.run_id, holder.pid, holder.generation) == (lock.run_id, os.getpid(), 1)
+        assert (holder.run_id, holder.pid, holder.generation, holder.released) == (lock.run_id, os.getpid(), 1, False)
         assert lock.held
-    assert storage.list(layout.LOCKS) == []
+    assert read_holder(storage).released  # marked, not deleted: the number is never taken again
+    with RunLock(storage, wait_s=0) as second:
+        assert second.lease.generation == 2
+        assert [layout.parse_lock_key(k) for k in storage.list(layout.LOCKS)] == [2]
 
 
 def test_a_live_holder_keeps_out(storage):
@@ -156,3 +159,34 @@ def test_renewal_refreshes_the_record_and_notices_a_takeover(storage):
     assert lock.lost_to.run_id == "newer" and not lock.held
     lock.release()
     assert read_holder(storage).run_id == "newer"  # releasing a lost lease leaves the new holder's record
+
+
+def test_a_run_whose_own_record_was_replaced_knows_it_lost(storage):
+    # A store that does not honour create-only writes, or a record rewritten by hand: the record is not ours.
+    lock = RunLock(storage, renew_s=0.05).__enter__()
+    put_lease(storage, generation=1, run_id="intruder")
+    deadline = time.monotonic() + 10
+    while lock.held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(LeaseLost, match="taken over by run intruder"):
+        lock.check()
+    lock.release()
+    assert read_holder(storage).run_id == "intruder"  # not marked released by the run that lost it
+
+
+class DeniedStorage(LocalStorage):
+    def write_new(self, key, data):
+        raise StorageError(f"S3 create of {key} failed: AccessDenied")
+
+
+def test_a_storage_error_while_taking_the_lease_is_raised_not_retried(tmp_path):
+    with pytest.raises(StorageError, match="AccessDenied"):
+        RunLock(DeniedStorage(tmp_path / "out"), wait_s=5).acquire()
+
+
+def test_a_failing_release_does_not_raise(tmp_path):
+    storage = LocalStorage(tmp_path / "out")
+    lock = RunLock(storage).__enter__()
+    storage.write_bytes = lambda key, data: (_ for _ in ()).throw(StorageError("the store is down"))
+    lock.release()  # logged; the lease expires by itself
+    assert not read_holder(LocalStorage(tmp_path / "out")).released
