@@ -120,7 +120,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     from jobs.plan import Defaults
     from jobs.run_lock import OutInUse
     from jobs.runner import RunConfig, run_job
-    from jobs.storage import open_storage
+    from jobs.storage import StorageError, open_storage
 
     if batch_size != "auto" and not (batch_size.isdigit() and 0 < int(batch_size) <= 4096):
         _fail(f"--batch-size must be a positive integer or auto, not {batch_size!r}")
@@ -140,7 +140,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     except ManifestError as e:
         _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
-    except (JobMismatch, ModelLoadError, OutInUse) as e:
+    except (JobMismatch, ModelLoadError, OutInUse, StorageError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         # Every file is written under a temporary name and renamed, so whatever was in flight is either

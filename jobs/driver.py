@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import ray
@@ -35,8 +35,9 @@ class _Worker:
 
 class Driver:
     def __init__(self, cfg, resources: dict, feeder, writer: OutputWriter, progress: Progress, summary,
-                 chunks: Iterator[list]):
+                 chunks: Iterator[list], check: Callable[[], None] = lambda: None):
         self.cfg, self.resources, self.feeder, self.writer = cfg, resources, feeder, writer
+        self.check = check  # raises to stop the job (OUT's lease was lost); the workers go with Ray's shutdown
         self.progress, self.summary = progress, summary
         self.chunks, self.planned_all = chunks, False
         self.workers: dict[object, _Worker] = {}  # event stream -> its worker
@@ -51,6 +52,7 @@ class Driver:
         for _ in range(count):
             self._start()
         while self.workers:
+            self.check()
             self._refill()
             ready, _ = ray.wait(list(self.workers), num_returns=1, timeout=1.0)
             for stream in ready:

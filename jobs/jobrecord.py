@@ -34,16 +34,24 @@ def fingerprint(model: str, revision: str | None, audio_format: str, defaults: d
     }
 
 
+def check_job_record(storage: Storage, fp: dict) -> dict | None:
+    """The job record OUT holds (None: none yet); JobMismatch when its fingerprint is not `fp`. Writes nothing."""
+    record = read_job_record(storage)
+    if record is None:
+        return None
+    diffs = _differences(record.get("fingerprint", {}), fp)
+    if diffs:
+        raise JobMismatch(
+            f"{storage.url} holds a job with another configuration ({'; '.join(diffs)}). Use the same settings "
+            "to resume it, another --out, or --new-run to discard it and render everything with the new settings"
+        )
+    return record
+
+
 def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False) -> dict:
     """Write the record on the first run; on a re-run check that the fingerprint matches."""
-    if storage.exists(layout.JOB_RECORD) and not new_run:
-        record = json.loads(storage.read_bytes(layout.JOB_RECORD))
-        diffs = _differences(record.get("fingerprint", {}), fp)
-        if diffs:
-            raise JobMismatch(
-                f"{storage.url} holds a job with another configuration ({'; '.join(diffs)}). Use the same settings "
-                "to resume it, another --out, or --new-run to discard it and render everything with the new settings"
-            )
+    record = None if new_run else check_job_record(storage, fp)
+    if record is not None:
         return record
     record = {"fingerprint": fp, "created_at": layout.timestamp()}
     storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())

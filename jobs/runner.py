@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import layout
-from .jobrecord import ensure_job_record, fingerprint
+from .jobrecord import check_job_record, ensure_job_record, fingerprint
 from .manifest import ConversationSpec, ManifestError
 from .outputs import OutputWriter, committed_turns
 from .plan import Defaults, WorkItem, plan
@@ -86,9 +86,11 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     started = time.monotonic()
     with planner(cfg, conversations) as plan_work:
         storage = open_storage(cfg.out, cfg.s3_endpoint_url)
+        fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
+        if not cfg.new_run:
+            check_job_record(storage, fp)  # refuse other settings before touching OUT, the lease included
         with RunLock(storage, wait_s=cfg.lock_wait_s) as lock:
             storage.remove_leftovers()  # temp files of writes a killed run left: this run alone holds OUT now
-            fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
             if cfg.new_run:
                 clear_previous_run(storage)
             ensure_job_record(storage, fp, new_run=cfg.new_run)
@@ -98,7 +100,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
             repair_metadata(storage, writer, work.complete_ids(), committed)
             summary = Summary(conversations=work.conversations, already_complete=work.already_complete)
             if work.work_conversations:
-                _render(cfg, work, summary, writer)
+                _render(cfg, work, summary, writer, lock.check)
                 # A worker that died mid-job (killed, node lost, watchdog) may have left temp files of the writes
                 # it had in flight; every worker is gone now, so nothing unfinished is anyone's any more, unless
                 # another run took OUT over while this one was not heard from.
@@ -164,7 +166,9 @@ def repair_metadata(storage: Storage, writer: OutputWriter, complete_ids: Iterab
         writer.clear_failure(cid)
 
 
-def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter) -> None:
+def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter,
+            check: Callable[[], None] = lambda: None) -> None:
+    """Render `work` on Ray; `check` raises to stop the job (OUT's lease lost)."""
     import ray
 
     from .driver import Driver
@@ -177,7 +181,8 @@ def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter) 
     try:
         count, resources = plan_workers(cfg, work.work_conversations)
         progress = Progress(total_turns=work.turns_to_render, conversations=work.work_conversations)
-        driver = Driver(cfg, resources, start_feeder(cfg.max_attempts), writer, progress, summary, work.chunks())
+        driver = Driver(cfg, resources, start_feeder(cfg.max_attempts), writer, progress, summary, work.chunks(),
+                        check)
         driver.run(count)
         progress.close()
     finally:

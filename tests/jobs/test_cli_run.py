@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,3 +418,37 @@ def test_conversations_of_a_dead_worker_are_recorded(tmp_path, ray_session):
     assert "no-such-preset" in summary.failed["lost"]
     record = json.loads((out / layout.failure_key("lost")).read_text())
     assert "no-such-preset" in record["message"]
+
+
+def test_a_run_that_loses_its_lease_stops(tmp_path, ray_session, monkeypatch):
+    # Another run takes OUT over (as one would after this run went unheard for the ttl): this run stops with
+    # LeaseLost instead of rendering on beside it, and does not mark the new holder's record released.
+    from jobs import run_lock
+    from jobs.manifest import ConversationSpec, TurnSpec
+    from jobs.plan import Defaults
+    from jobs.runner import RunConfig, run_job
+
+    monkeypatch.setattr(run_lock, "RENEW_S", 0.1)
+    out = tmp_path / "out"
+    conversations = [ConversationSpec(f"c{i}", [TurnSpec(f"c{i}", t, t % 2, "Hello there.") for t in range(3)])
+                     for i in range(4)]
+    cfg = RunConfig(manifests=[], out=str(out), model="random:tiny", batch_size=2,
+                    defaults=Defaults(max_audio_length_ms=400))
+
+    def take_over():
+        for _ in range(600):  # up to 60 s for the run to take its lease
+            keys = sorted((out / "locks").glob("*.json")) if (out / "locks").exists() else []
+            if keys:
+                newer = {"generation": 2, "run_id": "usurper", "host": "elsewhere", "pid": 1,
+                         "renewed_at": time.time() + 3600}  # fresh for the whole test
+                (out / layout.lock_key(2)).write_text(json.dumps(newer))
+                return
+            time.sleep(0.1)
+
+    thief = threading.Thread(target=take_over)
+    thief.start()
+    with pytest.raises(run_lock.LeaseLost, match="taken over by run usurper"):
+        run_job(cfg, conversations=conversations)
+    thief.join()
+    assert json.loads((out / layout.lock_key(2)).read_text())["run_id"] == "usurper"
+    assert not json.loads((out / layout.lock_key(1)).read_text()).get("released")
