@@ -108,12 +108,26 @@ class RacingStorage(LocalStorage):
         return super().write_new(key, data)
 
 
-def test_of_two_runs_starting_at_once_exactly_one_holds_out(tmp_path):
+class IgnoringStorage(RacingStorage):
+    """A store that does not honour create-only writes: the second put silently replaces the first. Both runs
+    write before either looks again, so the run whose record was replaced must see that it is not its own. (If
+    one looked before the other wrote, both would hold until the next renewal: such a store is only safe to
+    within a renewal.)"""
+
+    def write_new(self, key, data):
+        self.write_bytes(key, data)
+        if key.startswith(layout.LOCKS):
+            self.barrier.wait(timeout=10)
+        return True
+
+
+@pytest.mark.parametrize("store", [RacingStorage, IgnoringStorage])
+def test_of_two_runs_starting_at_once_exactly_one_holds_out(tmp_path, store):
     barrier = threading.Barrier(2)
     outcomes, locks = [], []
 
     def contend():
-        lock = RunLock(RacingStorage(tmp_path / "out", barrier), wait_s=0)
+        lock = RunLock(store(tmp_path / "out", barrier), wait_s=0)
         locks.append(lock)
         try:
             lock.acquire()
