@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import layout
 from .storage import ObjectExists, Storage
@@ -208,7 +208,7 @@ class RunLock:
             log.error("%s: this run's lease was taken over by %s (this run was not heard from for %.0f s)",
                       self.storage.url, self.lost_to.describe(time.time()), self.ttl_s)
             return
-        self.lease = Lease(**{**asdict(self.lease), "renewed_at": time.time()})
+        self.lease = replace(self.lease, renewed_at=time.time())
         self.storage.write_bytes(layout.lock_key(self.lease.generation), _encode(self.lease))
 
     def release(self) -> None:
@@ -219,7 +219,7 @@ class RunLock:
             self._renewer.join(timeout=max(self.renew_s, 30.0))
         try:
             if self.held and self._ours(self.lease.generation):
-                done = Lease(**{**asdict(self.lease), "renewed_at": time.time(), "released": True})
+                done = replace(self.lease, renewed_at=time.time(), released=True)
                 self.storage.write_bytes(layout.lock_key(done.generation), _encode(done))
         except Exception as e:
             log.warning("%s: could not release the run's lease (it expires %.0f s after its last renewal): %s",
