@@ -35,7 +35,7 @@ class _Worker:
 
 class Driver:
     def __init__(self, cfg, resources: dict, feeder, writer: OutputWriter, progress: Progress, summary,
-                 chunks: Iterator[list], check: Callable[[], None] = lambda: None):
+                 chunks: Iterator[list], check: Callable[[], None]):
         self.cfg, self.resources, self.feeder, self.writer = cfg, resources, feeder, writer
         self.check = check  # raises to stop the job (OUT's lease was lost); the workers go with Ray's shutdown
         self.progress, self.summary = progress, summary

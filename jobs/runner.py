@@ -167,7 +167,7 @@ def repair_metadata(storage: Storage, writer: OutputWriter, complete_ids: Iterab
 
 
 def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter,
-            check: Callable[[], None] = lambda: None) -> None:
+            check: Callable[[], None]) -> None:
     """Render `work` on Ray; `check` raises to stop the job (OUT's lease lost)."""
     import ray
 
