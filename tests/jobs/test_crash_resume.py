@@ -196,8 +196,12 @@ def cli_command(*args) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", *map(str, args)]
 
 
-def session_pids(sid: int) -> dict[int, str]:
-    """Live (not zombie) processes of session `sid`, with their command lines."""
+PF_EXITING = 0x4  # /proc/<pid>/stat flags bit of a process already in exit (not yet a zombie)
+
+
+def session_pids(sid: int, outside_group: int | None = None) -> dict[int, str]:
+    """Live (not zombie) processes of session `sid`, with their command lines; only those outside process group
+    `outside_group` when it is given."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -207,8 +211,9 @@ def session_pids(sid: int) -> dict[int, str]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp session ...
-        if fields[0] != "Z" and int(fields[3]) == sid:
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp session tty tpgid flags ...
+        exiting = int(fields[6]) & PF_EXITING
+        if fields[0] != "Z" and not exiting and int(fields[3]) == sid and int(fields[2]) != outside_group:
             found[int(entry)] = cmdline.strip()[:160]
     return found
 
@@ -219,7 +224,9 @@ def kill_run(proc: subprocess.Popen) -> dict[int, str]:
     sid = proc.pid  # start_new_session: the driver leads its own session and process group
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    survivors = session_pids(sid)
+    # A member of the killed group can still be exiting (its memory, and so its command line, already gone, not yet
+    # a zombie): it got SIGKILL and did not outlive anything, so only processes outside the group count.
+    survivors = session_pids(sid, outside_group=sid)
     deadline = time.monotonic() + 30
     while (left := session_pids(sid)) and time.monotonic() < deadline:
         for pid in left:
