@@ -89,7 +89,6 @@ class Feeder:
         """The next conversation for `worker` as (item, attempt), False when there is none for it right now
         (ask again later), None when the job has no more work for anyone (the worker can finish)."""
         held = self.leases.setdefault(worker, {})
-        self.last_seen[worker] = time.monotonic()
         if worker in self.alone:
             return False
         if self.last_chances and not held:
@@ -108,6 +107,9 @@ class Feeder:
             self.alone.discard(worker)
 
     def _lease(self, worker: str, lease: Lease, alone: bool = False) -> tuple[object, int]:
+        # Only a granted lease counts as activity: a worker that keeps asking and getting nothing while it
+        # holds conversations it never finishes is stalled, and the driver's watchdog must see that.
+        self.last_seen[worker] = time.monotonic()
         self.leases[worker][lease.item.conversation_id] = lease
         if alone:
             self.alone.add(worker)

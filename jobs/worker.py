@@ -54,12 +54,12 @@ class RenderWorker:
         (with "error" when it failed), after its writes finished; then tells the feed the conversation is done."""
         yield {"event": "ready", **self.info()}
         state: dict[str, _Progress] = {}  # conversations taken and not yet finished
-        early: list[tuple[str, Exception]] = []  # conversations that failed before reaching the engine
+        early: list[dict] = []  # "done" events of conversations that failed before reaching the engine
         writes = WriteQueue(max_pending=max(16, 2 * self.batch_size))
         try:
             requests = self._requests(feed, state, early)
             for event in self.generator.render(requests, batch_size=self.batch_size):
-                yield from self._drain(early, state, feed)
+                yield from _drain(early)
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):
                     writes.submit(cid, partial(self._commit, state[cid], event))
@@ -67,15 +67,10 @@ class RenderWorker:
                     yield from _turn_events(writes.drain(cid))
                     yield self._finish(state.pop(cid), event.error_type, event.error, feed)
                 yield from _turn_events(writes.results())
-            yield from self._drain(early, state, feed)
+            yield from _drain(early)
             yield from _turn_events(writes.drain())
         finally:
             writes.close()
-
-    def _drain(self, early: list, state: dict, feed: "Feed") -> Iterator[dict]:
-        while early:
-            cid, e = early.pop(0)
-            yield self._finish(state.pop(cid), type(e).__name__, str(e), feed)
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _requests(self, feed: "Feed", state: dict, early: list) -> Iterator[ConversationRequest | None]:
@@ -98,9 +93,13 @@ class RenderWorker:
                 item = WorkItem(item.spec, self.writer.committed(item.conversation_id))
             state[item.conversation_id] = _Progress(item, attempt)
             try:
-                yield self._request(item)
+                request = self._request(item)
             except Exception as e:  # unreadable voice prompt, missing codes: this conversation fails alone
-                early.append((item.conversation_id, e))
+                # Finished here and now, not when the engine next yields: an engine with no rows yields nothing,
+                # and a worker running a last attempt alone takes no other work until this one is finished.
+                early.append(self._finish(state.pop(item.conversation_id), type(e).__name__, str(e), feed))
+                continue
+            yield request
 
     def _request(self, item: WorkItem) -> ConversationRequest:
         turns = []
@@ -156,6 +155,11 @@ class RenderWorker:
         feed.finish(cid)
         return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
                 "turns_committed": len(rows)}
+
+
+def _drain(events: list) -> Iterator[dict]:
+    while events:
+        yield events.pop(0)
 
 
 def _turn_events(results: list) -> Iterator[dict]:

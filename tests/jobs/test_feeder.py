@@ -136,6 +136,18 @@ def test_activity_reports_holders_and_when_they_last_took_or_finished(monkeypatc
     assert f.activity() == {"w1": (1, 30.0)}
 
 
+def test_asking_and_getting_nothing_is_not_activity(monkeypatch):
+    """A worker holding a conversation it never finishes, asking again and again while nothing is ready for it,
+    has stalled: its asks must not keep the watchdog off."""
+    clock = iter([10.0, 20.0, 30.0, 40.0])
+    monkeypatch.setattr("jobs.feeder.time.monotonic", lambda: next(clock))
+    f = Feeder()
+    f.put(items("a"))
+    taken(f.take("w1"))  # t=10
+    assert f.take("w1") is False and f.take("w1") is False  # the queue is empty, not closed
+    assert f.activity() == {"w1": (1, 10.0)}
+
+
 @pytest.mark.parametrize("bad", [0, -1])
 def test_max_attempts_is_at_least_one(bad):
     assert Feeder(max_attempts=bad).max_attempts == 1

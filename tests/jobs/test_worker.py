@@ -1,0 +1,73 @@
+"""The render worker without Ray: a real RenderWorker (random:tiny on CPU) pulling from a real Feeder."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from jobs import layout
+from jobs.feeder import Feeder
+from jobs.manifest import ConversationSpec, TurnSpec
+from jobs.plan import Defaults, WorkItem
+from jobs.storage import LocalStorage
+from jobs.worker import RenderWorker
+
+HANG_S = 300  # far beyond a few 5-frame turns on CPU: only a worker that never ends gets there
+
+
+class FeederFeed:
+    """What jobs.ray_pool.RayFeed does for a Ray actor: one worker's view of the shared Feeder."""
+
+    def __init__(self, feeder: Feeder, worker: str):
+        self.feeder, self.worker = feeder, worker
+
+    def take(self):
+        return self.feeder.take(self.worker)
+
+    def finish(self, conversation_id: str) -> None:
+        self.feeder.finish(self.worker, conversation_id)
+
+
+def conversation(cid: str, *, voice: str | None = None) -> WorkItem:
+    turns = [TurnSpec(cid, 0, 0, "hello there", audio=voice), TurnSpec(cid, 1, 1, "and hello back")]
+    return WorkItem(ConversationSpec(cid, turns))
+
+
+def render_all(worker: RenderWorker, feed: FeederFeed) -> list[dict]:
+    """The worker's events, from a thread joined with a bound, so that a worker that never ends fails the test
+    instead of hanging it."""
+    events: list[dict] = []
+    thread = threading.Thread(target=lambda: events.extend(worker.render(feed)), daemon=True)
+    thread.start()
+    thread.join(HANG_S)
+    assert not thread.is_alive(), f"the worker never finished; events so far: {events}"
+    return events
+
+
+@pytest.fixture
+def worker(csm_cache, tmp_path):
+    return RenderWorker("random:tiny", str(tmp_path / "out"), device="cpu", batch_size=2,
+                        defaults=Defaults(max_audio_length_ms=400))
+
+
+def test_a_last_attempt_that_fails_before_the_engine_does_not_stall_its_worker(worker, tmp_path):
+    """A conversation on its last attempt runs alone; when it fails before reaching the engine (its voice prompt
+    is unreadable), the worker must finish it at once: an engine with no rows yields nothing, so waiting for the
+    next engine event would keep the worker alone, taking nothing, for ever."""
+    feeder = Feeder(max_attempts=2)
+    feeder.put([conversation("broken", voice=str(tmp_path / "missing.wav"))])
+    assert feeder.take("dead-worker")[1] == 1
+    feeder.worker_lost("dead-worker")  # "broken" comes back as a last chance, to run alone
+    feeder.put([conversation("fine")])
+    feeder.close()
+
+    events = render_all(worker, FeederFeed(feeder, "w1"))
+
+    done = {e["conversation_id"]: e for e in events if e["event"] == "done"}
+    assert set(done) == {"broken", "fine"}
+    assert done["broken"]["error"] and done["broken"]["turns_committed"] == 0
+    assert done["fine"]["error"] is None and done["fine"]["turns_committed"] == 2
+    storage = LocalStorage(tmp_path / "out")
+    assert storage.exists(layout.failure_key("broken")) and not storage.exists(layout.failure_key("fine"))
+    assert feeder.held() == {} and feeder.depth() == 0
