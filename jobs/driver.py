@@ -170,8 +170,10 @@ class Driver:
             return
         self.done.add(cid)
         self.summary.failed[cid] = message
-        self.writer.write_failure(cid, error_type, message, attempts=attempts,
-                                  turns_committed=len(self.writer.committed(cid)))
+        committed = self.writer.committed(cid)
+        self.writer.write_failure(cid, error_type, message, attempts=attempts, turns_committed=len(committed))
+        if committed:  # the turns its dead workers committed still get their rows, after the failure record
+            self.writer.write_metadata_from_commits(cid, committed)
         self.progress.conversation(failed=True)
 
     def _state(self) -> str:

@@ -4,7 +4,7 @@
     OUT/audio/<conversation_id>/<turn>.wav        rendered audio, 24 kHz mono (or .flac)
     OUT/codes/<conversation_id>/<turn>.npy        Mimi codes [32, frames] int16
     OUT/commits/<conversation_id>/<turn>.json     commit record, written last: the turn is done iff it exists
-    OUT/metadata/<conversation_id>.parquet        one row per committed turn of a finished conversation
+    OUT/metadata/<conversation_id>.parquet        one row per committed turn of a finished (or failed) conversation
     OUT/failures/<conversation_id>.json           why a conversation failed (removed when it later succeeds)
     OUT/locks/<generation>.json                   the lease of the run writing OUT (jobs/run_lock.py)
 """

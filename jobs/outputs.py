@@ -91,6 +91,10 @@ class OutputWriter:
         pq.write_table(table, buf)
         self.storage.write_bytes(layout.metadata_key(conversation_id), buf.getvalue())
 
+    def write_metadata_from_commits(self, conversation_id: str, turns: set[int]) -> None:
+        """The conversation's rows read back from the commit records of `turns` (its committed turns)."""
+        self.write_metadata(conversation_id, [self.read_commit(conversation_id, i) for i in sorted(turns)])
+
     def write_failure(self, conversation_id: str, error_type: str, message: str, attempts: int,
                       turns_committed: int) -> None:
         record = {"conversation_id": conversation_id, "error_type": error_type, "message": message,

@@ -156,14 +156,17 @@ def clear_previous_run(storage: Storage) -> None:
 
 def repair_metadata(storage: Storage, writer: OutputWriter, complete_ids: Iterable[str],
                     committed: dict[str, set[int]]) -> None:
-    """A run killed between a conversation's last commit and its metadata file leaves the conversation complete
-    but without its rows; write them from the commit records."""
+    """Rewrite, from the commit records, the metadata of complete conversations that a killed run left without
+    it (killed between the last commit and the metadata file), or with the rows of an earlier, failed attempt: a
+    partial metadata file is only ever written after its failure record, and the failure record is only removed
+    after a whole one, so a complete conversation that still has a failure record may have too few rows."""
     have = set(storage.list("metadata/"))
+    failed = set(storage.list("failures/"))
     for cid in complete_ids:
-        if layout.metadata_key(cid) in have or not committed.get(cid):
-            continue
-        writer.write_metadata(cid, [writer.read_commit(cid, i) for i in sorted(committed[cid])])
-        writer.clear_failure(cid)
+        stale = layout.metadata_key(cid) not in have or layout.failure_key(cid) in failed
+        if stale and committed.get(cid):
+            writer.write_metadata_from_commits(cid, committed[cid])
+            writer.clear_failure(cid)
 
 
 def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter,

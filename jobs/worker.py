@@ -145,12 +145,15 @@ class RenderWorker:
         item = progress.item
         cid = item.conversation_id
         rows = [self.writer.read_commit(cid, i) for i in sorted(item.committed)] + progress.rows
-        if rows:
-            self.writer.write_metadata(cid, rows)
+        # A failure record before a partial metadata file, a whole metadata file before its failure record is
+        # cleared: then a complete conversation without a failure record has all its rows (runner.repair_metadata
+        # relies on it, whatever crashed when).
         if error:
             self.writer.write_failure(cid, error_type or "Error", error, attempts=progress.attempt,
                                       turns_committed=len(rows))
-        else:
+        if rows:
+            self.writer.write_metadata(cid, rows)
+        if not error:
             self.writer.clear_failure(cid)
         feed.finish(cid)
         return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,

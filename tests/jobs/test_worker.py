@@ -71,3 +71,26 @@ def test_a_last_attempt_that_fails_before_the_engine_does_not_stall_its_worker(w
     storage = LocalStorage(tmp_path / "out")
     assert storage.exists(layout.failure_key("broken")) and not storage.exists(layout.failure_key("fine"))
     assert feeder.held() == {} and feeder.depth() == 0
+
+
+def test_a_failing_retry_writes_its_failure_record_before_its_partial_metadata(worker, tmp_path):
+    """A retry (attempt 2) of a conversation with turn 0 committed whose stored codes are gone fails before the
+    engine. Its failure record must come before the 1-row metadata file: a kill between the two must never leave
+    a partial file without a failure record (runner.repair_metadata relies on it)."""
+    from tests.jobs.test_metadata_rows import RecordingStorage, commit
+
+    storage = RecordingStorage(tmp_path / "out")
+    worker.writer.storage = storage
+    commit(worker.writer, "c", 0)
+    storage.delete(layout.codes_key("c", 0))
+    feeder = Feeder(max_attempts=3)
+    feeder.put([conversation("c")])
+    feeder.take("dead-worker")
+    feeder.worker_lost("dead-worker")  # attempt 2 re-lists what is committed: turn 0
+    feeder.close()
+    storage.log.clear()
+
+    events = render_all(worker, FeederFeed(feeder, "w1"))
+
+    assert [e["turns_committed"] for e in events if e["event"] == "done"] == [1]
+    assert storage.log == [("write", layout.failure_key("c")), ("write", layout.metadata_key("c"))]
