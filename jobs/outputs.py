@@ -18,7 +18,7 @@ from csm_worker.audio import audio_extension, audio_sha256, encode_audio
 from csm_worker.requests import RenderedTurn
 
 from . import layout
-from .storage import Storage
+from .storage import ObjectExists, Storage
 
 METADATA_SCHEMA = pa.schema([
     ("conversation_id", pa.string()),
@@ -52,6 +52,11 @@ class OutputWriter:
     def commit_turn(self, turn: RenderedTurn, temperature: float, top_k: int, pause_ms: int | None) -> dict:
         """Write audio, codes, then the commit record; returns the metadata row."""
         cid, idx = turn.conversation_id, turn.turn_index
+        if self.storage.exists(layout.commit_key(cid, idx)):
+            # Only a worker that outlived its lease gets here (its node cut off, its run taken over): the turn is
+            # someone else's now, and its files must keep matching the record's sha256 and the next turn's context.
+            raise ObjectExists(f"turn {idx} of {cid} is already committed (by another worker or run); "
+                               "its files were left as they are")
         # A turn the model ended at once has no samples; libsndfile cannot write (or read) an empty FLAC, so such
         # a turn is stored as an empty WAV whatever the job's format.
         fmt, ext = (self.audio_format, self.ext) if len(turn.audio) else ("wav", ".wav")

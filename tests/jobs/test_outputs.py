@@ -10,7 +10,7 @@ import soundfile as sf
 from csm_worker.requests import RenderedTurn
 from jobs import layout
 from jobs.outputs import METADATA_SCHEMA, OutputWriter, codes_from_bytes, codes_to_bytes, committed_turns
-from jobs.storage import LocalStorage
+from jobs.storage import LocalStorage, ObjectExists
 
 SPF = 1920  # samples per frame at 24 kHz
 
@@ -77,6 +77,17 @@ def test_commit_record_is_written_last_and_create_only(storage, writer, monkeypa
     assert sorted(order[:-1]) == [("write_bytes", layout.audio_key("c", 0, ".wav")),
                                   ("write_bytes", layout.codes_key("c", 0))]
     assert order[-1] == ("write_new", layout.commit_key("c", 0))
+
+
+def test_a_committed_turn_is_never_rendered_over(storage, writer):
+    """A second render of a committed turn (a worker that outlived its lease) is refused before it writes
+    anything: the committed audio and codes keep matching their record."""
+    first = writer.commit_turn(rendered("c", 0, frames=3), 0.9, 50, None)
+    before = {k: storage.read_bytes(k) for k in (first["audio_path"], first["codes_path"])}
+    with pytest.raises(ObjectExists, match="turn 0 of c is already committed"):
+        writer.commit_turn(rendered("c", 0, frames=5, seed=99), 0.9, 50, None)
+    assert {k: storage.read_bytes(k) for k in before} == before
+    assert writer.read_commit("c", 0) == first
 
 
 def test_a_failed_write_leaves_the_turn_uncommitted(storage, writer, monkeypatch):
