@@ -15,6 +15,7 @@ import time
 
 JOB_RECORD = "job.json"
 LOCKS = "locks/"
+FOLDERS = ("audio/", "codes/", "commits/", "metadata/", "failures/", LOCKS)  # all a job writes, but JOB_RECORD
 
 
 def timestamp() -> str:

@@ -90,7 +90,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
         if not cfg.new_run:
             check_job_record(storage, fp)  # refuse other settings before touching OUT, the lease included
         with RunLock(storage, wait_s=cfg.lock_wait_s) as lock:
-            storage.remove_leftovers()  # temp files of writes a killed run left: this run alone holds OUT now
+            storage.remove_leftovers(layout.FOLDERS)  # what writes of a killed run left: this run alone holds OUT
             if cfg.new_run:
                 clear_previous_run(storage)
             ensure_job_record(storage, fp, new_run=cfg.new_run)
@@ -105,7 +105,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
                 # it had in flight; every worker is gone now, so nothing unfinished is anyone's any more, unless
                 # another run took OUT over while this one was not heard from.
                 if lock.held:
-                    storage.remove_leftovers()
+                    storage.remove_leftovers(layout.FOLDERS)
     summary.wall_seconds = time.monotonic() - started
     return summary
 

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -88,9 +89,11 @@ class Storage(ABC):
         """A filesystem path for `key` when the backend is local, else None."""
         return None
 
-    def remove_leftovers(self) -> int:
-        """Delete what killed writers left behind (temporary files, unfinished uploads); returns how many. Only
-        one run writes to an OUT at a time, so anything unfinished at the start of a run is abandoned."""
+    def remove_leftovers(self, folders: Iterable[str]) -> int:
+        """Delete what killed writers left behind (temporary files, unfinished uploads) at the top level and
+        under `folders` ("audio/", ...) only, never elsewhere (an OUT at a bucket's root or a shared folder holds
+        other things); returns how many. Only one run writes to an OUT at a time, so anything unfinished at the
+        start of a run is abandoned."""
         return 0
 
     def __repr__(self) -> str:
@@ -104,9 +107,11 @@ class LocalStorage(Storage):
         self._root = Path(root).expanduser().resolve()
         self.url = str(self._root)
 
-    def remove_leftovers(self) -> int:
-        removed = 0
-        for folder, _, names in os.walk(self._root):
+    def remove_leftovers(self, folders: Iterable[str]) -> int:
+        removed, keep = 0, {f.strip("/") for f in folders}
+        for folder, subfolders, names in os.walk(self._root):
+            if folder == str(self._root):
+                subfolders[:] = [d for d in subfolders if d in keep]
             for name in names:
                 if name.startswith(TMP_PREFIX):
                     Path(folder, name).unlink(missing_ok=True)

@@ -19,7 +19,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -95,16 +96,19 @@ class S3Storage(Storage):
 
         return self._retry("create", where, attempt)
 
-    def remove_leftovers(self) -> int:
-        """Abort multipart uploads a killed writer left unfinished under the prefix: their parts are invisible
-        but billed until aborted. (A single put appears whole or not at all, so nothing else is left.)"""
+    def remove_leftovers(self, folders: Iterable[str]) -> int:
+        """Abort multipart uploads a killed writer left unfinished in `folders` of the prefix: their parts are
+        invisible but billed until aborted. (A single put appears whole or not at all, so nothing else is left;
+        top-level objects are small, never multipart.) Other uploads are left alone, even with OUT at the
+        bucket's root."""
         base = f"{self.prefix}/" if self.prefix else ""
 
-        def attempt() -> list[tuple[str, str]]:
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base)
+        def attempt(folder: str) -> list[tuple[str, str]]:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                 Prefix=base + folder)
             return [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", ())]
 
-        uploads = self._retry("list uploads", self.url, attempt)
+        uploads = [u for folder in folders for u in self._retry("list uploads", self.url, partial(attempt, folder))]
         for key, upload_id in uploads:
             self._retry("abort upload", f"s3://{self.bucket}/{key}", lambda: self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id))

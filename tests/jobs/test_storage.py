@@ -101,6 +101,22 @@ def test_list_never_shows_temp_files(store, tmp_path):
     assert not store.exists("audio/c1/0001.wav")
 
 
+def test_remove_leftovers_clears_temp_files_of_the_job_folders_only(store, tmp_path):
+    """Temp files of killed writes go, in the job's folders and at OUT's top; nothing outside them is touched,
+    even under OUT (an OUT in a shared folder)."""
+    out = tmp_path / "out"
+    store.write_bytes("audio/c1/0000.wav", b"a")
+    mine = [out / "audio" / "c1" / ".tmp-0001.wav-deadbeef0000", out / ".tmp-job.json-0000deadbeef"]
+    theirs = out / "notes" / ".tmp-draft"
+    theirs.parent.mkdir()
+    for path in (*mine, theirs):
+        path.write_bytes(b"partial")
+
+    assert store.remove_leftovers(["audio/", "codes/"]) == 2
+    assert not any(p.exists() for p in mine)
+    assert theirs.read_bytes() == b"partial" and store.read_bytes("audio/c1/0000.wav") == b"a"
+
+
 @pytest.mark.parametrize(
     "key",
     ["../x", "/abs", "a//b", "a/./b", "s3://x", "s3:", "a\\b", "", "a/", ".", "a/..", "x\x00y", "C:/x", ".tmp-a"],

@@ -9,6 +9,7 @@ import botocore.exceptions as bex
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from jobs import layout
 from jobs.storage import StorageError, open_storage
 from jobs.storage_s3 import MiB, S3Storage, read_uri_bytes
 
@@ -258,11 +259,12 @@ def test_read_uri_bytes(bucket, raw, aws_env):
 
 
 def test_commit_records_on_s3_are_create_only(bucket):
-    """OutputWriter commits through write_new on S3: a commit record is never replaced by other content."""
+    """A commit record on S3 is never replaced by other content: the writer refuses a committed turn before it
+    writes anything (and its record goes through write_new, tests/jobs/test_outputs.py, which the server honours:
+    the create-only tests above)."""
     import numpy as np
 
     from csm_worker.requests import RenderedTurn
-    from jobs import layout
     from jobs.outputs import OutputWriter
     from jobs.storage import StorageError
 
@@ -272,7 +274,7 @@ def test_commit_records_on_s3_are_create_only(bucket):
     row = writer.commit_turn(turn, 0.9, 50, None)
     assert writer.read_commit("c", 0) == row
     turn.seed = 2  # another render of the same turn: its record differs
-    with pytest.raises(StorageError, match="different content"):
+    with pytest.raises(StorageError, match="already committed"):
         writer.commit_turn(turn, 0.9, 50, None)
     assert writer.read_commit("c", 0) == row
     assert layout.commit_key("c", 0) in writer.storage.list("commits/")
@@ -282,8 +284,19 @@ def test_remove_leftovers_aborts_unfinished_uploads_under_the_prefix_only(bucket
     mine = raw.create_multipart_upload(Bucket=bucket, Key="run/audio/c1/000000.wav")["UploadId"]
     other = raw.create_multipart_upload(Bucket=bucket, Key="elsewhere/x.bin")["UploadId"]
     store = S3Storage(f"s3://{bucket}/run")
-    assert store.remove_leftovers() == 1
+    assert store.remove_leftovers(layout.FOLDERS) == 1
     left = {(u["Key"], u["UploadId"]) for u in raw.list_multipart_uploads(Bucket=bucket).get("Uploads", ())}
     assert left == {("elsewhere/x.bin", other)}
     assert mine not in {u for _, u in left}
-    assert store.remove_leftovers() == 0
+    assert store.remove_leftovers(layout.FOLDERS) == 0
+
+
+def test_remove_leftovers_at_the_bucket_root_spares_other_applications_uploads(bucket, raw):
+    """An OUT at a bucket's root shares the bucket with whatever else is in it: only uploads into the job's own
+    folders are aborted."""
+    raw.create_multipart_upload(Bucket=bucket, Key="codes/c1/000000.npy")
+    other = raw.create_multipart_upload(Bucket=bucket, Key="backups/db.tar")["UploadId"]
+    store = S3Storage(f"s3://{bucket}")
+    assert store.remove_leftovers(layout.FOLDERS) == 1
+    left = {(u["Key"], u["UploadId"]) for u in raw.list_multipart_uploads(Bucket=bucket).get("Uploads", ())}
+    assert left == {("backups/db.tar", other)}
