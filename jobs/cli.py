@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import gc
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -25,6 +26,18 @@ revision_option = click.option("--revision", default=None, help="Hub revision (b
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+@contextmanager
+def _clear_errors():
+    """End the command on a storage or file-system error (no credentials, no such bucket, a read-only or missing
+    folder, an unreachable cluster) with its message, which names the object or path, instead of a traceback."""
+    from jobs.storage import StorageError
+
+    try:
+        yield
+    except (StorageError, OSError) as e:
+        _fail(str(e))
 
 
 def _report_problems(problems) -> None:
@@ -53,8 +66,10 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3
     from jobs.validation import validated_manifests
 
     try:
-        with validated_manifests(manifests, model, revision, default_max_audio_length_ms=max_audio_length_ms,
-                                 check_audio=not no_audio_check, s3_endpoint_url=s3_endpoint_url) as (report, _):
+        with _clear_errors(), validated_manifests(manifests, model, revision,
+                                                  default_max_audio_length_ms=max_audio_length_ms,
+                                                  check_audio=not no_audio_check,
+                                                  s3_endpoint_url=s3_endpoint_url) as (report, _):
             pass
     except ModelLoadError as e:
         _fail(str(e))
@@ -140,8 +155,8 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     except ManifestError as e:
         _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
-    except (JobMismatch, ModelLoadError, OutInUse, StorageError) as e:
-        _fail(str(e))
+    except (JobMismatch, ModelLoadError, OutInUse, StorageError, OSError) as e:
+        _fail(str(e))  # OSError: a local OUT that cannot be written, a missing manifest, an unreachable cluster
     except KeyboardInterrupt:
         # Every file is written under a temporary name and renamed, so whatever was in flight is either
         # committed or absent: nothing to clean up.
@@ -217,7 +232,7 @@ def status(out, manifests, s3_endpoint_url) -> None:
         storage = open_storage(out, s3_endpoint_url)
     except ValueError as e:
         _fail(f"{out}: {e}")
-    with local_manifests(list(manifests), s3_endpoint_url) as local:
+    with _clear_errors(), local_manifests(list(manifests), s3_endpoint_url) as local:
         files = None
         if manifests:
             report = validate_manifests(local.args, check_audio=False)

@@ -323,6 +323,16 @@ def test_invalid_manifest_exits_2_and_writes_nothing(tmp_path, csm_render):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_an_out_that_cannot_be_written_exits_2_with_its_path(tmp_path, csm_render):
+    """An OUT whose parent is a file (or a read-only folder): a clear error naming the path, no traceback."""
+    manifest = write_manifest(tmp_path / "manifest")
+    (tmp_path / "afile").write_text("not a folder")
+    result = csm_render("run", manifest, "--out", tmp_path / "afile" / "out", *JOB_ARGS)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error:" in result.stderr and str(tmp_path / "afile") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- resuming a partly committed job -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -143,6 +143,21 @@ def test_s3_status(first, cli, manifest, endpoint, bucket):
                                             "turns_pending": 0}
 
 
+@pytest.mark.parametrize("command", ["validate", "run", "status"])
+def test_missing_s3_objects_are_clear_errors(cli, endpoint, bucket, tmp_path, command):
+    """A manifest that is not there, a bucket that is not there: exit 2 with a message naming it, no traceback,
+    nothing written."""
+    missing = f"s3://{bucket}/nowhere/dialogue.parquet"
+    args = {"validate": ("validate", missing, "--no-audio-check", "--model", "random:tiny"),
+            "run": job(missing, str(tmp_path / "out"), endpoint),
+            "status": ("status", "s3://no-such-bucket-here/out")}[command]
+    result = cli(*args, "--s3-endpoint-url", endpoint) if command != "run" else cli(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert ("no-such-bucket-here" if command == "status" else "nowhere/dialogue.parquet") in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_local_job_matches_the_s3_job(first, cli, manifest, tmp_path_factory):
     """Renders are deterministic for a seed: the same command into a folder gives the same turns and codes
     (and audio up to rounding, see assert_same_audio)."""
