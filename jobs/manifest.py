@@ -238,6 +238,10 @@ class _Validator:
         for col in COLUMNS:
             if col.name not in schema.names:
                 problem = f"missing required column {col.name}: add the column ({col.rule})" if col.required else None
+            elif (times := schema.names.count(col.name)) > 1:
+                problem = f"column {col.name} appears {times} times: keep one"
+            elif not col.required and pa.types.is_null(schema.field(col.name).type):
+                continue  # only nulls (pyarrow's type for a column of None, e.g. no turn given): as if absent
             else:
                 problem = type_problem(col, schema.field(schema.names.index(col.name)).type)
             if problem:

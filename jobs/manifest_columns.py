@@ -88,6 +88,8 @@ def type_problem(col: Column, arrow_type: pa.DataType) -> str | None:
     """Why a column of this Arrow type cannot be read as `col`, or None."""
     if pa.types.is_dictionary(arrow_type):  # e.g. a pandas categorical
         arrow_type = arrow_type.value_type
+    if pa.types.is_null(arrow_type):  # what pyarrow infers for a column of only None
+        return f"{col.name} is null in every row: {col.null_hint}"
     if col.kind == "string":
         if _is_string(arrow_type):
             return None

@@ -402,6 +402,33 @@ def test_optional_nulls_mean_job_defaults(tmp_path):
     assert isinstance(second.temperature, float)
 
 
+def test_optional_columns_of_only_nulls_mean_job_defaults(tmp_path):
+    """pyarrow types a column of only None as `null` (e.g. `audio=[None] * n` when no turn is given): that means
+    no value in any row, not a type error (whose advice, .astype(str), would turn every null into "None")."""
+    nulls = {name: pa.nulls(3) for name in ("audio", "temperature", "top_k", "seed", "pause_ms")}
+    path = write(tmp_path / "m.parquet", **turns(**nulls))
+    report = validate_manifests([path])
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.turns_to_render, report.given_turns) == (3, 0)
+    [conversation] = load_conversations([path])
+    assert all((t.audio, t.temperature, t.top_k, t.seed, t.pause_ms) == (None,) * 5 for t in conversation.turns)
+
+
+def test_a_required_column_of_only_nulls_names_the_column(tmp_path):
+    path = write(tmp_path / "m.parquet", **turns(speaker=pa.nulls(3)))
+    problem = only_problem(validate_manifests([path]))
+    assert_problem(problem, path, None, None, "speaker", "speaker is null in every row: give every turn a speaker")
+
+
+def test_a_column_given_twice_is_a_clear_problem(tmp_path):
+    table = pa.table(turns())
+    table = table.append_column("text", pa.array(["again"] * 3))
+    path = str(tmp_path / "m.parquet")
+    pq.write_table(table, path)
+    problem = only_problem(validate_manifests([path]))
+    assert_problem(problem, path, None, None, "text", "column text appears 2 times: keep one")
+
+
 def test_dictionary_encoded_strings_are_accepted(tmp_path):
     columns = turns(conversation_id=pa.array(["c1"] * 3).dictionary_encode(),
                     text=pa.array(["a", "b", "c"]).dictionary_encode())

@@ -251,3 +251,11 @@ def test_small_batches_and_frequent_merges_of_the_sums(tmp_path, monkeypatch):
     spool, _ = assert_same_plan(paths, random_committed(paths, rng), tmp_path / "spool", chunk_conversations=4,
                                 buffer_bytes=4096)
     assert len(spool._runs) > 2
+
+
+def test_optional_columns_of_only_nulls_spool_as_job_defaults(tmp_path):
+    """A column of only None (Arrow type null) spools as the nulls of its type, as loading reads it."""
+    nulls = {name: pa.nulls(2) for name in ("audio", "temperature", "top_k", "seed")}
+    path = write(str(tmp_path / "m" / "a.parquet"), conversation_id=["c", "c"], turn_index=[0, 1], speaker=[0, 1],
+                 text=["hello", "there"], **nulls)
+    assert_same_plan([path], {}, tmp_path / "spool")
