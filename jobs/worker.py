@@ -14,6 +14,7 @@ from typing import Protocol
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
 
+from .jobrecord import read_job_record
 from .model_source import local_model
 from .outputs import OutputWriter
 from .plan import Defaults, WorkItem, settings_for
@@ -23,6 +24,7 @@ from .write_queue import WriteQueue
 
 CPU_AUTO_BATCH = 32  # on CPU, throughput flattens out around here (docs/BENCHMARKS.md)
 ASK_AGAIN_S = 0.2  # while the feed is empty, ask it at most this often (each ask is a round trip to the queue)
+WEIGHTS_WAIT_S = 30.0  # how long a worker waits for the driver to record the job's weights hash
 
 
 def default_batch_size(generator) -> int:
@@ -53,6 +55,8 @@ class RenderWorker:
         model is loaded, {"event": "turn", ...} per committed turn and {"event": "done", ...} per conversation
         (with "error" when it failed), after its writes finished; then tells the feed the conversation is done."""
         yield {"event": "ready", **self.info()}
+        if not self._weights_match():
+            return  # the driver refuses the job on this worker's hash (jobrecord.check_weights); render nothing
         state: dict[str, _Progress] = {}  # conversations taken and not yet finished
         early: list[dict] = []  # "done" events of conversations that failed before reaching the engine
         writes = WriteQueue(max_pending=max(16, 2 * self.batch_size))
@@ -71,6 +75,21 @@ class RenderWorker:
             yield from _turn_events(writes.drain())
         finally:
             writes.close()
+
+    def _weights_match(self) -> bool:
+        """Whether this worker's weights are the job's, checked before it takes any work: the driver's own check
+        comes only when it reads the "ready" event, and turns rendered with other weights must never be
+        committed. The job's hash is the first worker's, recorded by the driver on its "ready" event, so wait a
+        little for it; without a job record (no driver, e.g. the Python API) there is nothing to match."""
+        deadline = time.monotonic() + WEIGHTS_WAIT_S
+        while (record := read_job_record(self.writer.storage)) is not None:
+            known = record.get("weights_hash")
+            if known is not None:
+                return known == self.generator.loaded.weights_hash
+            if time.monotonic() > deadline:
+                break  # the driver has not recorded one yet: its check on this worker's "ready" still holds
+            time.sleep(ASK_AGAIN_S)
+        return True
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _requests(self, feed: "Feed", state: dict, early: list) -> Iterator[ConversationRequest | None]:

@@ -333,6 +333,30 @@ def test_an_out_that_cannot_be_written_exits_2_with_its_path(tmp_path, csm_rende
     assert "Traceback" not in result.stderr
 
 
+def test_changed_weights_under_the_same_model_are_refused_before_any_turn(tmp_path, csm_render):
+    """A --model folder whose weights changed since the first run: exit 2 naming the mismatch, and not one turn
+    rendered with the other weights is committed (the workers check before they take any work)."""
+    import json
+    import shutil
+
+    from csm_worker import presets
+
+    model = tmp_path / "model"
+    shutil.copytree(presets.preset_dir("random:tiny"), model)
+    args = ("--model", model, "--max-audio-length-ms", MAX_MS, "--batch-size", 2)
+    out = tmp_path / "out"
+    ok(csm_render("run", write_manifest(tmp_path / "m1", [r for r in ROWS if r[0] == "short"]), "--out", out, *args))
+    before = sorted(p.relative_to(out) for p in (out / "commits").rglob("*.json"))
+    config = model / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()), indent=1))  # other bytes: other weights hash
+
+    result = csm_render("run", write_manifest(tmp_path / "m2"), "--out", out, *args)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "other weights" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.relative_to(out) for p in (out / "commits").rglob("*.json")) == before
+
+
 # --- resuming a partly committed job -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

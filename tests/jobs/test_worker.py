@@ -94,3 +94,26 @@ def test_a_failing_retry_writes_its_failure_record_before_its_partial_metadata(w
 
     assert [e["turns_committed"] for e in events if e["event"] == "done"] == [1]
     assert storage.log == [("write", layout.failure_key("c")), ("write", layout.metadata_key("c"))]
+
+
+@pytest.mark.parametrize("recorded", ["same", "other"])
+def test_a_worker_with_other_weights_than_the_job_takes_no_work(worker, tmp_path, recorded):
+    """The job record names the weights the job was rendered with: a worker whose weights differ (a --model
+    folder changed, a node with another copy) says it is ready, so the driver can refuse the job, and renders
+    nothing, before the driver has even read its "ready"."""
+    import json
+
+    mine = worker.generator.loaded.weights_hash
+    record = {"weights_hash": mine if recorded == "same" else "0" * len(mine)}
+    LocalStorage(tmp_path / "out").write_bytes(layout.JOB_RECORD, json.dumps(record).encode())
+    feeder = Feeder()
+    feeder.put([conversation("c")])
+    feeder.close()
+
+    events = render_all(worker, FeederFeed(feeder, "w1"))
+
+    assert events[0]["event"] == "ready" and events[0]["weights_hash"] == mine
+    if recorded == "same":
+        assert [e["event"] for e in events[1:]].count("done") == 1
+    else:
+        assert events[1:] == [] and feeder.depth() == 1  # "c" was never taken
