@@ -178,12 +178,13 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
 def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
     """Submit `csm-render run MANIFESTS --out OUT ...` as a Ray job. Local paths must exist on the cluster (a
     shared file system); s3:// ones always do. Prints the submission id."""
+    from jobs.redact import redact
     from jobs.submit import follow, submit as submit_job
 
     try:
         job = submit_job(address, _run_args(ctx), submission_id, upload=not no_upload)
     except (ConnectionError, RuntimeError) as e:
-        _fail(f"cannot submit to {address}: {e}")
+        _fail(redact(f"cannot submit to {address}: {e}"))  # an address may carry user:token@
     verb = "submitted" if job.created else f"already submitted ({job.status}); nothing new started"
     click.echo(f"{job.submission_id}: {verb}", err=True)
     click.echo(job.submission_id)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
+from .redact import redact
 from .storage import ObjectExists, Storage, StorageError, check_key
 
 T = TypeVar("T")
@@ -306,12 +306,12 @@ def describe_error(exc: BaseException | None) -> str:
     URL query strings and user info removed. Never request headers, signatures or credentials."""
     if isinstance(exc, bex.ClientError):
         msg = exc.response.get("Error", {}).get("Message", "")
-        return f"{_code(exc) or 'error'} (HTTP {_status(exc)})" + (f": {_redact(msg)}" if msg else "")
+        return f"{_code(exc) or 'error'} (HTTP {_status(exc)})" + (f": {redact(msg)}" if msg else "")
     if isinstance(exc, bex.NoCredentialsError):
         return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
     if isinstance(exc, _Vanished):
         return "the object kept disappearing between a refused create and the content check"
-    return f"{type(exc).__name__}: {_redact(str(exc))}"
+    return f"{type(exc).__name__}: {redact(str(exc))}"
 
 
 class _Vanished(Exception):
@@ -334,14 +334,6 @@ def _code(exc: bex.ClientError) -> str:
 
 def _status(exc: bex.ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-_URL_USERINFO = re.compile(r"(\w+://)[^/\s\"'@]*@")
-_URL_QUERY = re.compile(r"(\w+://[^\s\"'?]*)\?[^\s\"']*")
-
-
-def _redact(text: str) -> str:
-    return _URL_QUERY.sub(r"\1", _URL_USERINFO.sub(r"\1", text))
 
 
 def _is_key(name: str) -> bool:

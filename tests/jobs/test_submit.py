@@ -111,6 +111,13 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path):
     assert "cannot submit to http://127.0.0.1:" in result.stderr
 
 
+def test_an_address_with_a_token_in_it_is_never_printed(tmp_path):
+    address = f"http://ops:s3cr3t-token@127.0.0.1:{free_port()}/?sig=abc123"
+    result = submit("m.parquet", "--out", "out", "--address", address, cwd=tmp_path)
+    assert result.returncode == 2 and "cannot submit to http://127.0.0.1:" in result.stderr
+    assert "s3cr3t-token" not in result.stderr + result.stdout and "abc123" not in result.stderr + result.stdout
+
+
 def scrape(url: str) -> dict[str, float]:
     """csm-render's counters on a node's Prometheus endpoint, summed over workers (Ray prefixes them "ray_")."""
     text = urllib.request.urlopen(url, timeout=10).read().decode()
