@@ -55,6 +55,8 @@ class OutputWriter:
         if self.storage.exists(layout.commit_key(cid, idx)):
             # Only a worker that outlived its lease gets here (its node cut off, its run taken over): the turn is
             # someone else's now, and its files must keep matching the record's sha256 and the next turn's context.
+            # This narrows the window, not closes it: two workers that both pass this check before either commits
+            # still both write the files (only one record wins); fencing by lease generation would close it.
             raise ObjectExists(f"turn {idx} of {cid} is already committed (by another worker or run); "
                                "its files were left as they are")
         # A turn the model ended at once has no samples; libsndfile cannot write (or read) an empty FLAC, so such

@@ -18,7 +18,7 @@ from .jobrecord import read_job_record
 from .model_source import local_model
 from .outputs import OutputWriter
 from .plan import Defaults, WorkItem, settings_for
-from .storage import open_storage
+from .storage import ObjectExists, open_storage
 from .write_queue import WriteQueue
 
 
@@ -58,20 +58,20 @@ class RenderWorker:
         if not self._weights_match():
             return  # the driver refuses the job on this worker's hash (jobrecord.check_weights); render nothing
         state: dict[str, _Progress] = {}  # conversations taken and not yet finished
-        early: list[dict] = []  # "done" events of conversations that failed before reaching the engine
         writes = WriteQueue(max_pending=max(16, 2 * self.batch_size))
         try:
-            requests = self._requests(feed, state, early)
+            requests = self._requests(feed, state)
             for event in self.generator.render(requests, batch_size=self.batch_size):
-                yield from _drain(early)
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):
                     writes.submit(cid, partial(self._commit, state[cid], event))
                 else:
                     yield from _turn_events(writes.drain(cid))
-                    yield self._finish(state.pop(cid), event.error_type, event.error, feed)
+                    early = event.tag if isinstance(event.tag, Exception) else None  # failed in _requests
+                    error_type, error = ((type(early).__name__, str(early)) if early
+                                         else (event.error_type, event.error))
+                    yield self._finish(state.pop(cid), error_type, error, feed)
                 yield from _turn_events(writes.results())
-            yield from _drain(early)
             yield from _turn_events(writes.drain())
         finally:
             writes.close()
@@ -92,7 +92,7 @@ class RenderWorker:
         return True
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def _requests(self, feed: "Feed", state: dict, early: list) -> Iterator[ConversationRequest | None]:
+    def _requests(self, feed: "Feed", state: dict) -> Iterator[ConversationRequest | None]:
         """What the engine renders: conversations taken from the feed one at a time (the engine asks only when
         a slot is free), None while the feed has nothing ready (the engine goes on and asks again later)."""
         asked_empty = -ASK_AGAIN_S
@@ -114,10 +114,11 @@ class RenderWorker:
             try:
                 request = self._request(item)
             except Exception as e:  # unreadable voice prompt, missing codes: this conversation fails alone
-                # Finished here and now, not when the engine next yields: an engine with no rows yields nothing,
-                # and a worker running a last attempt alone takes no other work until this one is finished.
-                early.append(self._finish(state.pop(item.conversation_id), type(e).__name__, str(e), feed))
-                continue
+                # Sent on as a conversation of no turns carrying its error: the engine hands it back at once as
+                # ConversationDone, even when it has no other rows (an idle engine yields nothing else, and a
+                # worker running a last attempt alone takes no more work until this one is finished), and it is
+                # then finished like any other, the feed and the driver told together.
+                request = ConversationRequest(item.conversation_id, [], tag=e)
             yield request
 
     def _request(self, item: WorkItem) -> ConversationRequest:
@@ -151,6 +152,10 @@ class RenderWorker:
         s = settings_for(spec, self.defaults)
         try:
             row = self.writer.commit_turn(turn, s["temperature"], s["top_k"], spec.pause_ms)
+        except ObjectExists as e:  # someone else committed this turn: the conversation is theirs now
+            progress.superseded = True
+            progress.error = (type(e).__name__, f"turn {turn.turn_index}: {e}")
+            return None
         except Exception as e:
             progress.error = (type(e).__name__, f"turn {turn.turn_index}: cannot write outputs: {e}")
             return None
@@ -163,6 +168,12 @@ class RenderWorker:
             error_type, error = progress.error
         item = progress.item
         cid = item.conversation_id
+        if progress.superseded:
+            # Another worker or run committed its turns: its records and metadata are that one's to write, and a
+            # failure record or partial metadata from here could land after its whole file.
+            feed.finish(cid)
+            return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
+                    "turns_committed": len(item.committed) + len(progress.rows)}
         rows = [self.writer.read_commit(cid, i) for i in sorted(item.committed)] + progress.rows
         # A failure record before a partial metadata file, a whole metadata file before its failure record is
         # cleared: then a complete conversation without a failure record has all its rows (runner.repair_metadata
@@ -177,11 +188,6 @@ class RenderWorker:
         feed.finish(cid)
         return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
                 "turns_committed": len(rows)}
-
-
-def _drain(events: list) -> Iterator[dict]:
-    while events:
-        yield events.pop(0)
 
 
 def _turn_events(results: list) -> Iterator[dict]:
@@ -207,3 +213,4 @@ class _Progress:
         self.attempt = attempt
         self.rows: list[dict] = []
         self.error: tuple[str, str] | None = None
+        self.superseded = False  # another worker or run committed one of its turns

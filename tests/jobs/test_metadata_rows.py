@@ -11,7 +11,8 @@ import pytest
 from jobs import layout
 from jobs.driver import Driver
 from jobs.outputs import OutputWriter, committed_turns
-from jobs.runner import Summary, repair_metadata
+from jobs.manifest import ConversationSpec, TurnSpec
+from jobs.runner import Summary, in_memory_work, repair_metadata
 from jobs.storage import LocalStorage
 from tests.jobs.test_outputs import rendered
 
@@ -88,9 +89,11 @@ def test_conversations_with_work_left_are_not_repaired(storage, writer):
     """Only complete conversations are repaired: one with turns left is rendered again, which writes its file."""
     writer.write_failure("c", "Error", "boom", attempts=1, turns_committed=1)
     writer.write_metadata("c", commit(writer, "c", 0))
+    turns = [TurnSpec("c", i, i % 2, f"turn {i}") for i in range(2)]
+    work = in_memory_work([ConversationSpec("c", turns)], committed_turns(storage))
     storage.log.clear()
-    repair(storage, writer, [])
-    assert storage.log == []
+    repair(storage, writer, work.complete_ids())
+    assert storage.log == [] and work.work_conversations == 1
 
 
 class _Progress:

@@ -117,3 +117,26 @@ def test_a_worker_with_other_weights_than_the_job_takes_no_work(worker, tmp_path
         assert [e["event"] for e in events[1:]].count("done") == 1
     else:
         assert events[1:] == [] and feeder.depth() == 1  # "c" was never taken
+
+
+def test_a_worker_that_finds_its_turn_committed_by_another_leaves_the_conversation_to_it(worker, tmp_path):
+    """Turn 0 was committed by another worker after this one's plan was made (a worker that outlived its lease):
+    this one overwrites none of its files and writes no failure record or metadata, which could land after the
+    other worker's whole file."""
+    from tests.jobs.test_metadata_rows import RecordingStorage, commit
+
+    storage = RecordingStorage(tmp_path / "out")
+    worker.writer.storage = storage
+    [theirs] = commit(worker.writer, "c", 0)
+    files = {k: storage.read_bytes(k) for k in (theirs["audio_path"], theirs["codes_path"])}
+    feeder = Feeder()
+    feeder.put([conversation("c")])  # planned before turn 0 was committed
+    feeder.close()
+    storage.log.clear()
+
+    [done] = [e for e in render_all(worker, FeederFeed(feeder, "w1")) if e["event"] == "done"]
+
+    assert "already committed" in done["error"]
+    assert {k: storage.read_bytes(k) for k in files} == files
+    assert not storage.exists(layout.failure_key("c")) and not storage.exists(layout.metadata_key("c"))
+    assert storage.log == [] and feeder.held() == {}
