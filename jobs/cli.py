@@ -183,7 +183,7 @@ def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
 
     try:
         job = submit_job(address, _run_args(ctx), submission_id, upload=not no_upload)
-    except (ConnectionError, RuntimeError) as e:
+    except Exception as e:  # refused, unreachable, a proxy's 502, a malformed address: Ray raises many kinds
         _fail(redact(f"cannot submit to {address}: {e}"))  # an address may carry user:token@
     verb = "submitted" if job.created else f"already submitted ({job.status}); nothing new started"
     click.echo(f"{job.submission_id}: {verb}", err=True)
@@ -195,6 +195,8 @@ def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
     except KeyboardInterrupt:
         _fail(f"stopped following; the job goes on. Follow it again with: csm-render submit ... --submission-id "
               f"{job.submission_id} --wait", EXIT_INTERRUPTED)
+    except Exception as e:  # the cluster went away while we followed; the job itself may go on
+        _fail(redact(f"lost {address} while following {job.submission_id}: {e}"))
     click.echo(f"{job.submission_id}: {status}", err=True)
     sys.exit(code)
 

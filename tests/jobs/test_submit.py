@@ -118,6 +118,33 @@ def test_an_address_with_a_token_in_it_is_never_printed(tmp_path):
     assert "s3cr3t-token" not in result.stderr + result.stdout and "abc123" not in result.stderr + result.stdout
 
 
+def test_a_proxy_error_with_a_token_in_the_address_is_a_clear_error(tmp_path):
+    """A dashboard behind a proxy that answers 502: exit 2 with a message, no traceback, no token."""
+    import http.server
+    import threading
+
+    class BadGateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(502)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BadGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://ops:s3cr3t-token@127.0.0.1:{server.server_port}"
+        result = submit("m.parquet", "--out", "out", "--address", address, cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert result.returncode == 2, result.stderr
+    assert "cannot submit to http://127.0.0.1:" in result.stderr and "Traceback" not in result.stderr
+    assert "s3cr3t-token" not in result.stderr + result.stdout
+
+
 def scrape(url: str) -> dict[str, float]:
     """csm-render's counters on a node's Prometheus endpoint, summed over workers (Ray prefixes them "ray_")."""
     text = urllib.request.urlopen(url, timeout=10).read().decode()
