@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -80,6 +80,11 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys starting with `prefix` (a plain string prefix, as in S3)."""
+
+    def iter_list(self, prefix: str = "") -> Iterator[str]:
+        """The keys of list(prefix), in no set order, as they are listed: for listings too large to hold (every
+        commit record of a job of millions of turns)."""
+        yield from self.list(prefix)
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -150,13 +155,15 @@ class LocalStorage(Storage):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(self.iter_list(prefix))
+
+    def iter_list(self, prefix: str = "") -> Iterator[str]:
         # Walk only the folder the prefix names, then filter by string prefix (S3 semantics: "a/b" matches "a/bc").
         folder = prefix.rpartition("/")[0]
         if folder:
             check_key(folder)
         start = self._path(folder) if folder else self._root
-        keys = (k for k in _walk_files(start, folder) if k.startswith(prefix))
-        return sorted(keys)
+        return (k for k in _walk_files(start, folder) if k.startswith(prefix))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -132,18 +132,28 @@ class S3Storage(Storage):
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys starting with `prefix` (a plain string prefix). Objects whose names are not valid keys
         (a console's "folder/" marker, "a//b") are skipped: only what a Storage could have written counts."""
+        return sorted(self.iter_list(prefix))
+
+    def iter_list(self, prefix: str = "") -> Iterator[str]:
+        """list(prefix) a page at a time, each page retried on its own (a listing of millions of keys is never
+        held whole, and a failure on page 3,000 does not start it over)."""
         folder = prefix.rpartition("/")[0]
         if folder:
             check_key(folder)
         base = f"{self.prefix}/" if self.prefix else ""
-
-        def attempt() -> list[str]:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=base + prefix, PaginationConfig={"PageSize": self.page_size})
-            return [obj["Key"] for page in pages for obj in page.get("Contents", ())]
-
-        names = self._retry("list", f"{self.url}/{prefix}", attempt)
-        return sorted(rel for rel in (n[len(base):] for n in names if n.startswith(base)) if _is_key(rel))
+        token: str | None = None
+        while True:
+            args = {"Bucket": self.bucket, "Prefix": base + prefix, "MaxKeys": self.page_size}
+            if token:
+                args["ContinuationToken"] = token
+            page = self._retry("list", f"{self.url}/{prefix}", partial(self.client.list_objects_v2, **args))
+            for obj in page.get("Contents", ()):
+                rel = obj["Key"][len(base):]
+                if obj["Key"].startswith(base) and _is_key(rel):
+                    yield rel
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
 
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is fine (S3 answers 204 either way)."""

@@ -1,6 +1,7 @@
 import hashlib
 import io
 import json
+import pickle
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -9,7 +10,8 @@ import soundfile as sf
 
 from csm_worker.requests import RenderedTurn
 from jobs import layout
-from jobs.outputs import METADATA_SCHEMA, OutputWriter, codes_from_bytes, codes_to_bytes, committed_turns
+from jobs.outputs import (METADATA_SCHEMA, OutputWriter, TurnSet, codes_from_bytes, codes_to_bytes,
+                          committed_turns)
 from jobs.storage import LocalStorage, ObjectExists
 
 SPF = 1920  # samples per frame at 24 kHz
@@ -132,6 +134,15 @@ def test_a_turn_with_no_frames_commits_a_decodable_empty_file(storage, fmt):
 
 
 # --- reading back what is committed ------------------------------------------------------------------------------
+
+def test_turn_sets_behave_as_frozen_sets_of_turn_indices():
+    t = TurnSet([12, 0, 3, 3])
+    assert t == {0, 3, 12} and {0, 3, 12} == t and t != {0, 3}
+    assert list(t) == [0, 3, 12] and len(t) == 3 and bool(t) and not TurnSet()
+    assert 3 in t and 4 not in t and -1 not in t and 13 not in t and "3" not in t
+    assert set(t) - {3} == {0, 12} and {"a": t} == {"a": {0, 3, 12}}
+    assert pickle.loads(pickle.dumps(t)) == t  # work items travel to Ray actors
+
 
 def test_committed_turns_reads_the_commit_records(storage, writer):
     assert committed_turns(storage) == {}

@@ -72,6 +72,30 @@ def test_list_paginates(bucket):
     assert pages == [3, 3, 2]
 
 
+def test_iter_list_streams_a_page_at_a_time_and_retries_a_page_alone(bucket):
+    """A listing of millions of commit records is read a page at a time: taking the first keys costs one page,
+    and a page that fails transiently is asked again on its own, not the whole listing from the start."""
+    store = fast(f"s3://{bucket}/p", page_size=3, max_attempts=1)  # botocore does not retry: only our layer can
+    keys = [f"commits/c{i}/000000.json" for i in range(8)]
+    for key in keys:
+        store.write_bytes(key, b"{}")
+    sent = []
+    store.client.meta.events.register("before-send.s3.ListObjectsV2", lambda request, **kw: sent.append(1))
+    listing = store.iter_list("commits/")
+    assert [next(listing) for _ in range(3)] == keys[:3] and len(sent) == 1
+    failures = {"left": 1}
+
+    def fail_once(request, **kw):  # the second page's first send is answered 503 SlowDown
+        if len(sent) == 2 and failures["left"]:
+            failures["left"] -= 1
+            return slow_down(request)
+        return None
+
+    store.client.meta.events.register("before-send.s3.ListObjectsV2", fail_once)
+    assert [*listing] == keys[3:]
+    assert len(sent) == 4  # page 1, page 2 twice (the retry), page 3: page 1 was not asked again
+
+
 def test_write_new_creates_once_accepts_identical_retry_refuses_different(bucket):
     store = fast(f"s3://{bucket}/p")
     assert store.write_new("commits/c1/000000.json", b'{"a": 1}') is True
