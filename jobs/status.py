@@ -5,17 +5,21 @@ from __future__ import annotations
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from . import layout
 from .jobrecord import read_job_record
-from .outputs import committed_turns
+from .outputs import TurnSet, committed_turns
 from .run_lock import is_stale, read_holder
 from .spool import conversation_totals
 from .storage import Storage
+
+READERS = 16  # metadata and commit records read at once by `status` (each a round trip on S3)
 
 
 @dataclass
@@ -69,24 +73,39 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
         return status
     totals = conversation_totals(manifest_files, committed)
     left = totals["left"].to_numpy()
-    failed = np.isin(totals["conversation_id"].to_numpy(zero_copy_only=False), list(status.failures))
+    ids = totals["conversation_id"].to_numpy(zero_copy_only=False)
+    failed = np.isin(ids, list(status.failures))
+    # A complete conversation's failure record is stale (a later attempt finished it, and the next run clears it):
+    # it is done, not failed.
+    for cid in ids[failed & (left == 0)]:
+        del status.failures[cid]
+    status.conversations_failed = len(status.failures)
     status.turns_pending = int(left.sum())
     status.conversations_done = int((left == 0).sum())
     status.conversations_pending = int(((left > 0) & ~failed).sum())
     return status
 
 
-def _audio_seconds(storage: Storage, committed: dict[str, set[int]]) -> float:
-    """Durations from the metadata files, plus commit records of conversations not finished yet."""
-    total, covered = 0.0, set()
-    for key in storage.list("metadata/"):
-        table = pq.read_table(io.BytesIO(storage.read_bytes(key)), columns=["conversation_id", "turn_index",
-                                                                            "duration_s"])
-        for cid, idx, dur in zip(*(table.column(c).to_pylist() for c in table.column_names)):
-            covered.add((cid, idx))
-            total += dur
-    for cid, turns in committed.items():
-        for idx in turns:
-            if (cid, idx) not in covered:
-                total += json.loads(storage.read_bytes(layout.commit_key(cid, idx)))["duration_s"]
-    return total
+def _audio_seconds(storage: Storage, committed: dict[str, TurnSet]) -> float:
+    """The committed turns' durations, each counted once: from a conversation's metadata file where it has one,
+    else (or for turns its file lacks) from the commit records. Files are read by a pool of threads: on S3 each
+    read is a round trip, and a large job has a file per conversation."""
+    finished = set(storage.iter_list("metadata/"))
+    with ThreadPoolExecutor(READERS) as pool:
+        return sum(pool.map(partial(_conversation_seconds, storage, finished), committed.items()))
+
+
+def _conversation_seconds(storage: Storage, finished: set[str], entry: tuple[str, TurnSet]) -> float:
+    cid, turns = entry
+    seconds, covered = 0.0, set()
+    if layout.metadata_key(cid) in finished:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(layout.metadata_key(cid))),
+                              columns=["turn_index", "duration_s"])
+        for idx, dur in zip(table.column("turn_index").to_pylist(), table.column("duration_s").to_pylist()):
+            if idx in turns and idx not in covered:
+                covered.add(idx)
+                seconds += dur
+    for idx in turns:
+        if idx not in covered:
+            seconds += json.loads(storage.read_bytes(layout.commit_key(cid, idx)))["duration_s"]
+    return seconds

@@ -1,0 +1,53 @@
+"""`csm-render status` sums from OUT alone: real files in a local OUT, a real manifest; no Ray."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.status import job_status
+from tests.jobs.test_outputs import rendered, storage, writer  # noqa: F401 (the same local OUT fixtures)
+
+SPF = 1920  # samples per frame at 24 kHz: a turn of n frames lasts n * 0.08 s
+
+
+def commit(writer, cid, frames_by_turn: dict[int, int]) -> list[dict]:
+    return [writer.commit_turn(rendered(cid, i, frames=n), 0.9, 50, None) for i, n in frames_by_turn.items()]
+
+
+def manifest(tmp_path, turns_by_conversation: dict[str, int]) -> list[str]:
+    rows = [(cid, i) for cid, n in turns_by_conversation.items() for i in range(n)]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"conversation_id": [c for c, _ in rows], "turn_index": [i for _, i in rows],
+                             "speaker": [i % 2 for _, i in rows], "text": [f"turn {i}" for _, i in rows]}), path)
+    return [str(path)]
+
+
+def test_audio_counts_every_committed_turn_once(storage, writer):
+    """Finished conversations from their metadata, unfinished ones from their commit records, and a metadata file
+    that lacks a committed turn (an earlier failed attempt's) topped up from the record: each turn once."""
+    writer.write_metadata("done", commit(writer, "done", {0: 2, 1: 3}))  # 5 frames
+    commit(writer, "running", {0: 4})  # 4 frames, no metadata yet
+    partial = commit(writer, "resumed", {0: 1})
+    writer.write_metadata("resumed", partial)
+    commit(writer, "resumed", {1: 6})  # 1 + 6 frames; its file has only turn 0
+
+    status = job_status(storage)
+
+    assert status.turns_done == 5
+    assert status.audio_seconds == pytest.approx((5 + 4 + 7) * SPF / 24_000)
+
+
+def test_a_complete_conversation_with_a_stale_failure_record_is_done(storage, writer, tmp_path):
+    """A conversation that failed, then was completed by a run killed before it cleared the record: with the
+    manifest, status counts it done, not failed (the next run clears the record)."""
+    commit(writer, "c", {0: 1, 1: 1})
+    writer.write_failure("c", "StorageError", "turn 1: cannot write outputs", attempts=1, turns_committed=1)
+    commit(writer, "d", {0: 1})
+    writer.write_failure("d", "StorageError", "turn 1: cannot write outputs", attempts=1, turns_committed=1)
+
+    status = job_status(storage, manifest(tmp_path, {"c": 2, "d": 2}))
+
+    assert (status.conversations_done, status.conversations_failed, status.conversations_pending) == (1, 1, 0)
+    assert list(status.failures) == ["d"] and status.turns_pending == 1
