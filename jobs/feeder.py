@@ -99,6 +99,11 @@ class Feeder:
             return None
         return False
 
+    def holds(self, worker: str, conversation_id: str) -> bool:
+        """Whether the conversation is still leased to `worker`: not when the driver gave the worker up for dead
+        (its leases went to others) while it was in fact still running, e.g. on a node cut off from the cluster."""
+        return conversation_id in self.leases.get(worker, {})
+
     def finish(self, worker: str, conversation_id: str) -> None:
         """The worker has written everything of this conversation (its turns, metadata or failure record)."""
         self.leases.get(worker, {}).pop(conversation_id, None)

@@ -89,6 +89,9 @@ class RayFeed:
     def take(self):
         return ray.get(self.feeder.take.remote(self.worker_id))
 
+    def holds(self, conversation_id: str) -> bool:
+        return ray.get(self.feeder.holds.remote(self.worker_id, conversation_id))
+
     def finish(self, conversation_id: str) -> None:
         # No need to wait: calls from one caller reach an actor in order, so the next take sees it.
         self.feeder.finish.remote(self.worker_id, conversation_id)

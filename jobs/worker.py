@@ -64,7 +64,7 @@ class RenderWorker:
             for event in self.generator.render(requests, batch_size=self.batch_size):
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):
-                    writes.submit(cid, partial(self._commit, state[cid], event))
+                    writes.submit(cid, partial(self._commit, state[cid], event, feed))
                 else:
                     yield from _turn_events(writes.drain(cid))
                     early = event.tag if isinstance(event.tag, Exception) else None  # failed in _requests
@@ -145,8 +145,15 @@ class RenderWorker:
         return load_audio(location)
 
     # -- outputs ----------------------------------------------------------------------------------------------
-    def _commit(self, progress: "_Progress", turn: RenderedTurn) -> dict | None:
+    def _commit(self, progress: "_Progress", turn: RenderedTurn, feed: "Feed") -> dict | None:
         if progress.error:  # an earlier turn of this conversation could not be written: nothing after it counts
+            return None
+        if not feed.holds(turn.conversation_id):
+            # Given up for dead (a node cut off from the cluster, still running): another worker renders the
+            # conversation now, so this one writes none of its files (a fence, checked before every turn).
+            progress.superseded = True
+            progress.error = ("LeaseLost", f"turn {turn.turn_index}: the conversation is no longer this worker's "
+                                           "(it was given up for dead); left to the worker that has it now")
             return None
         spec = progress.item.spec.turns[turn.turn_index]
         s = settings_for(spec, self.defaults)
@@ -202,6 +209,9 @@ class Feed(Protocol):
 
     def take(self) -> tuple[WorkItem, int] | None | bool:
         """(item, attempt); False: none ready yet; None: no more work."""
+
+    def holds(self, conversation_id: str) -> bool:
+        """Whether the conversation is still this worker's (checked before each turn's files are written)."""
 
     def finish(self, conversation_id: str) -> None:
         """Everything of the conversation is written."""

@@ -25,6 +25,9 @@ class FeederFeed:
     def take(self):
         return self.feeder.take(self.worker)
 
+    def holds(self, conversation_id: str) -> bool:
+        return self.feeder.holds(self.worker, conversation_id)
+
     def finish(self, conversation_id: str) -> None:
         self.feeder.finish(self.worker, conversation_id)
 
@@ -140,3 +143,31 @@ def test_a_worker_that_finds_its_turn_committed_by_another_leaves_the_conversati
     assert {k: storage.read_bytes(k) for k in files} == files
     assert not storage.exists(layout.failure_key("c")) and not storage.exists(layout.metadata_key("c"))
     assert storage.log == [] and feeder.held() == {}
+
+
+def test_a_worker_given_up_for_dead_writes_no_more_of_its_conversation(worker, tmp_path):
+    """After its first turn is committed, the driver gives the worker up for dead (its node seemed gone) and the
+    conversation goes to another worker: this one, still running, writes none of the later turns' files, and no
+    failure record or metadata."""
+    from tests.jobs.test_metadata_rows import RecordingStorage
+
+    storage = RecordingStorage(tmp_path / "out")
+    worker.writer.storage = storage
+    feeder = Feeder()
+    feeder.put([conversation("c")])
+    feeder.close()
+
+    class GivenUpAfterOneTurn(FeederFeed):
+        def holds(self, conversation_id):
+            if storage.exists(layout.commit_key("c", 0)):
+                feeder.worker_lost(self.worker)  # what the driver does when it hears the worker died
+            return super().holds(conversation_id)
+
+    [done] = [e for e in render_all(worker, GivenUpAfterOneTurn(feeder, "w1")) if e["event"] == "done"]
+
+    assert "no longer this worker's" in done["error"]
+    written = {key for op, key in storage.log if op == "write"}
+    assert written == {layout.audio_key("c", 0, ".wav"), layout.codes_key("c", 0)}  # turn 0 only
+    assert storage.exists(layout.commit_key("c", 0)) and not storage.exists(layout.commit_key("c", 1))
+    assert not storage.exists(layout.failure_key("c")) and not storage.exists(layout.metadata_key("c"))
+    assert feeder.depth() == 1  # requeued for another worker
