@@ -77,14 +77,14 @@ class Storage(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
-    @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys starting with `prefix` (a plain string prefix, as in S3)."""
+        return sorted(self.iter_list(prefix))
 
+    @abstractmethod
     def iter_list(self, prefix: str = "") -> Iterator[str]:
-        """The keys of list(prefix), in no set order, as they are listed: for listings too large to hold (every
-        commit record of a job of millions of turns)."""
-        yield from self.list(prefix)
+        """Keys starting with `prefix`, in no set order, as they are listed (list() sorts them): for listings too
+        large to hold (every commit record of a job of millions of turns)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -153,9 +153,6 @@ class LocalStorage(Storage):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
-
-    def list(self, prefix: str = "") -> list[str]:
-        return sorted(self.iter_list(prefix))
 
     def iter_list(self, prefix: str = "") -> Iterator[str]:
         # Walk only the folder the prefix names, then filter by string prefix (S3 semantics: "a/b" matches "a/bc").

@@ -129,14 +129,11 @@ class S3Storage(Storage):
         full = self._full(key)
         return self._retry("exists check", self._where(key), lambda: self._head(full) is not None)
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Sorted keys starting with `prefix` (a plain string prefix). Objects whose names are not valid keys
-        (a console's "folder/" marker, "a//b") are skipped: only what a Storage could have written counts."""
-        return sorted(self.iter_list(prefix))
-
     def iter_list(self, prefix: str = "") -> Iterator[str]:
-        """list(prefix) a page at a time, each page retried on its own (a listing of millions of keys is never
-        held whole, and a failure on page 3,000 does not start it over)."""
+        """Keys starting with `prefix` (a plain string prefix), a page at a time, each page retried on its own (a
+        listing of millions of keys is never held whole, and a failure on page 3,000 does not start it over).
+        Objects whose names are not valid keys (a console's "folder/" marker, "a//b") are skipped: only what a
+        Storage could have written counts."""
         folder = prefix.rpartition("/")[0]
         if folder:
             check_key(folder)
