@@ -61,15 +61,15 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
         gone = " (gone: no longer renewed, or its process ended)" if is_stale(holder, now) else ""
         status.running = holder.describe(now) + gone
     committed = committed_turns(storage)
+    finished = set(storage.iter_list("metadata/"))
     status.turns_done = sum(len(t) for t in committed.values())
-    status.audio_seconds = _audio_seconds(storage, committed)
+    status.audio_seconds = _audio_seconds(storage, committed, finished)
     for key in storage.list("failures/"):
         record = json.loads(storage.read_bytes(key))
         status.failures[record["conversation_id"]] = f"{record['error_type']}: {record['message']}"
     status.conversations_failed = len(status.failures)
     if manifest_files is None:
-        finished = {k[len("metadata/"):-len(".parquet")] for k in storage.list("metadata/")}
-        status.conversations_done = len(finished - set(status.failures))
+        status.conversations_done = len(finished - {layout.metadata_key(cid) for cid in status.failures})
         return status
     totals = conversation_totals(manifest_files, committed)
     left = totals["left"].to_numpy()
@@ -86,11 +86,10 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     return status
 
 
-def _audio_seconds(storage: Storage, committed: dict[str, TurnSet]) -> float:
+def _audio_seconds(storage: Storage, committed: dict[str, TurnSet], finished: set[str]) -> float:
     """The committed turns' durations, each counted once: from a conversation's metadata file where it has one,
     else (or for turns its file lacks) from the commit records. Files are read by a pool of threads: on S3 each
-    read is a round trip, and a large job has a file per conversation."""
-    finished = set(storage.iter_list("metadata/"))
+    read is a round trip, and a large job has a file per conversation. `finished`: the metadata files' keys."""
     with ThreadPoolExecutor(READERS) as pool:
         return sum(pool.map(partial(_conversation_seconds, storage, finished), committed.items()))
 

@@ -36,6 +36,7 @@ def test_audio_counts_every_committed_turn_once(storage, writer):
     status = job_status(storage)
 
     assert status.turns_done == 5
+    assert status.conversations_done == 2  # without the manifest: conversations with a metadata file
     assert status.audio_seconds == pytest.approx((5 + 4 + 7) * SPF / 24_000)
 
 
