@@ -243,7 +243,7 @@ class _Validator:
             elif not col.required and pa.types.is_null(schema.field(col.name).type):
                 continue  # only nulls (pyarrow's type for a column of None, e.g. no turn given): as if absent
             else:
-                problem = type_problem(col, schema.field(schema.names.index(col.name)).type)
+                problem = type_problem(col, schema.field(col.name).type)  # one field of that name: checked above
             if problem:
                 self.log.add((index, -1, COLUMN_ORDER[col.name]),
                              Problem(self.paths[index], None, None, col.name, problem))
