@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import presets
+from . import checkpoint, presets
 
 DEFAULT_MODEL = "sesame/csm-1b"
-# Only what loading needs: no optimizer states or original-format checkpoints.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model"]
 TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.jinja"]  # enough to count text positions on the driver
 
 
@@ -50,7 +49,20 @@ def resolve_model_dir(model: str = DEFAULT_MODEL, revision: str | None = None) -
     return download_from_hub(model, revision)
 
 
-def download_from_hub(repo_id: str, revision: str | None, patterns: list[str] = HUB_PATTERNS) -> Path:
+def download_from_hub(repo_id: str, revision: str | None) -> Path:
+    """The small files first, then only the weight files they name (the repo's other copies of the weights,
+    `ckpt.pt` and the original-layout `model.safetensors`, are never fetched). The second fetch is pinned to the
+    commit of the first, so a push in between cannot mix two versions."""
+    small = hub_snapshot(repo_id, revision, checkpoint.SMALL_PATTERNS)
+    return hub_snapshot(repo_id, _commit_of(small) or revision, checkpoint.fetch_patterns(small))
+
+
+def _commit_of(snapshot: Path) -> str | None:
+    """A hub cache snapshot lives in `.../snapshots/<commit sha>`."""
+    return snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else None
+
+
+def hub_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hub_errors
 
@@ -74,13 +86,13 @@ def download_from_hub(repo_id: str, revision: str | None, patterns: list[str] = 
 
 
 def weights_hash(folder: Path) -> str:
-    """A cheap identity of the weights: names, sizes and the safetensors headers (which hold every tensor's
-    dtype, shape and offsets). Hashing gigabytes of weights on every start would cost more than it tells."""
+    """A cheap identity of the loaded weights: names, sizes and the safetensors headers (which hold every
+    tensor's dtype, shape and offsets) of the files `from_pretrained` reads, and config.json. Hashing gigabytes
+    of weights on every start would cost more than it tells; files that are not loaded do not count."""
     h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            h.update(f.name.encode() + str(f.stat().st_size).encode() + fh.read(min(header_len, 1 << 24)))
+    for name in sorted(checkpoint.weight_files(folder)):
+        f = folder / name
+        h.update(f.name.encode() + str(f.stat().st_size).encode() + checkpoint.safetensors_header(f)[: 1 << 24])
     h.update((folder / "config.json").read_bytes())
     return h.hexdigest()[:16]
 
@@ -92,16 +104,35 @@ def load_pretrained(
     from transformers import AutoTokenizer, CsmForConditionalGeneration
 
     folder = resolve_model_dir(model, revision)
+    files = checkpoint.check_complete(folder)
     try:
         with quiet_transformers():
-            hf = CsmForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+            # Mis-shaped tensors are reported in `info` (and refused below) instead of a bare RuntimeError.
+            hf, info = CsmForConditionalGeneration.from_pretrained(folder, dtype=dtype, output_loading_info=True,
+                                                                   ignore_mismatched_sizes=True)
             tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load a CSM model from {folder}: {e}") from e
+    check_loading_info(folder, files, info)
     hf.to(device).eval()
     # Mimi is kept in float32: it is a small part of the work and its quality suffers most from bf16.
     hf.codec_model.to(torch.float32)
     return LoadedModel(name=model, path=folder, hf=hf, tokenizer=tokenizer, weights_hash=weights_hash(folder))
+
+
+def check_loading_info(folder: Path, files: list[str], info: dict) -> None:
+    """Missing, unexpected or mis-shaped tensors mean random weights where real ones were wanted: the model would
+    render noise for hours. transformers only logs them (and we silence its log), so refuse them here."""
+    problems = [(kind, sorted(info.get(kind) or [])) for kind in ("missing_keys", "unexpected_keys",
+                                                                   "mismatched_keys", "error_msgs")]
+    problems = [(kind, keys) for kind, keys in problems if keys]
+    if not problems:
+        return
+    said = "; ".join(f"{len(keys)} {kind.replace('_', ' ')} (first: {', '.join(map(str, keys[:3]))})"
+                     for kind, keys in problems)
+    raise ModelLoadError(f"the weights in {folder} ({', '.join(files)}) do not match a CSM model of its config.json:"
+                         f" {said}. The copy may be incomplete or of another model; "
+                         f"{checkpoint.HOW_TO_GET_TRANSFORMERS_FILES}")
 
 
 @contextmanager
@@ -153,7 +184,7 @@ def tokenizer_dir(model: str, revision: str | None = None) -> Path:
     if presets.is_preset(model) or Path(model).expanduser().is_dir():
         return resolve_model_dir(model, revision)
     try:
-        return download_from_hub(model, revision, TOKENIZER_PATTERNS)
+        return hub_snapshot(model, revision, TOKENIZER_PATTERNS)
     except ModelLoadError:
         raise
     except Exception as e:  # network and HTTP errors that download_from_hub does not translate

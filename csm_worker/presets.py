@@ -37,7 +37,10 @@ MIMI_SMALL: dict = {
     "upsample_groups": 64,
 }
 
-# Sesame's release uses Llama-3 RoPE scaling; presets use it too so positions behave as in the real model.
+# Sesame's release uses Llama-3 RoPE scaling; presets use it too so positions behave as in the real model. The
+# values are those of the reference implementation (SesameAILabs/csm models.py: torchtune's Llama-3.2 builder with
+# rope_base 500000 and scale_factor 32, whose scaled RoPE keeps low_freq_factor 1, high_freq_factor 4 and an old
+# context of 8192) for both the backbone and the depth decoder.
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "rope_theta": 500000.0,
@@ -86,6 +89,10 @@ PRESETS = {
         first_special_id=256,
         mimi=MIMI_SMALL,
     ),
+    # The release's sizes (models.py flavors llama-1B / llama-100M; transformers' CsmConfig defaults agree), its
+    # text vocabulary of 128256 with the Llama-3 specials at 128000-128003, a 2048-position backbone window and
+    # the full Mimi. Only the tokenizer differs: a byte-level one (the Llama-3 tokenizer cannot be fetched here),
+    # so a text takes about 4x the positions it takes with the real model.
     "csm-1b": Preset(
         "csm-1b",
         backbone=Transformer(layers=16, width=2048, heads=32, kv_heads=8, head_dim=64, ffn=8192),

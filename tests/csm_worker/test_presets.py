@@ -86,6 +86,15 @@ def test_csm_1b_preset_config_matches_the_release():
             dd.intermediate_size) == (4, 1024, 8, 2, 128, 8192)
     assert (cfg.text_vocab_size, cfg.bos_token_id, cfg.audio_token_id, cfg.audio_eos_token_id) == \
         (128256, 128000, 128002, 128003)
+    assert (cfg.pad_token_id, cfg.codebook_pad_token_id, cfg.codebook_eos_token_id) == (128002, 2050, 0)
+    assert (cfg.max_position_embeddings, dd.max_position_embeddings, cfg.vocab_size) == (2048, 33, 2051)
+    for rope in (cfg.rope_parameters, dd.rope_parameters):
+        assert {k: rope[k] for k in ("rope_type", "rope_theta", "factor", "low_freq_factor", "high_freq_factor",
+                                     "original_max_position_embeddings")} == \
+            {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert cfg.codec_config.num_quantizers == 32 and cfg.codec_config.codebook_size == 2048
+    assert cfg.codec_config.sampling_rate == 24000 and cfg.codec_config.frame_rate == 12.5
 
 
 def test_unknown_preset_is_a_clear_error(cache_dir):
