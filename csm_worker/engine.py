@@ -59,13 +59,13 @@ class _Turn:
 class Engine:
     def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True,
                  workers: int | None = None):
-        """`workers`: CPU threads a decode step is split over by rows (row_split.py); default: torch's intra-op
-        thread count on CPU, none (inline) on other devices."""
+        """`workers`: CPU threads a decode step is split over by rows (row_split.py); default: the model's
+        backend says (the cpu backend: torch's intra-op thread count; portable: none, inline)."""
         self.model, self.codec, self.text = model, codec, TextEncoder(tokenizer)
         self.batch_size = batch_size
         self.decode_audio = decode_audio
         if workers is None:
-            workers = torch.get_num_threads() if model.device.type == "cpu" else 0
+            workers = model.backend.decode_workers()
         # Keyed by the model and batch size: the per-row costs it compares depend on both.
         self.split = RowSplit.shared(workers, (id(model), batch_size))
         self.caches = model.new_caches(batch_size)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from . import backends
 from .codec import Codec
 from .engine import Engine
 from .loading import DEFAULT_MODEL, LoadedModel, dtype_for, load_pretrained, resolve_device
@@ -26,10 +27,10 @@ class Generator:
     sample_rate = 24_000
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 batch_size: int = 1):
+                 batch_size: int = 1, backend: str | None = None):
         self.loaded = loaded
         self.device = device
-        self.model = CsmModel(loaded.hf, device, dtype)
+        self.model = CsmModel(loaded.hf, device, dtype, backend)
         self.codec = Codec(loaded.hf.codec_model)
         self.batch_size = batch_size
         self._engines: dict[int, Engine] = {}
@@ -75,8 +76,10 @@ class Generator:
 
 
 def load_csm_1b(device: str = "cuda", model: str = DEFAULT_MODEL, dtype: str | None = None,
-                batch_size: int = 1) -> Generator:
-    """Load CSM-1B (or a local folder, or a `random:*` preset) on `device` ("auto" picks CUDA when present)."""
+                batch_size: int = 1, backend: str | None = None) -> Generator:
+    """Load CSM-1B (or a local folder, or a `random:*` preset) on `device` ("auto" picks CUDA when present).
+    `backend`: cpu, portable or auto (csm_worker/backends); None reads $CSM_RENDER_BACKEND, else auto."""
     device = resolve_device(device)
+    backends.resolve(device, backend)  # a bad choice fails before minutes of loading
     torch_dtype = dtype_for(device, dtype)
-    return Generator(load_pretrained(model, device, torch_dtype), device, torch_dtype, batch_size)
+    return Generator(load_pretrained(model, device, torch_dtype), device, torch_dtype, batch_size, backend)

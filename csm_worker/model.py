@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import depth
-from .linear import Linear
+from . import backends, depth
 from .sampling import SamplingParams, sample
 from .transformer import Transformer
 
@@ -19,36 +18,41 @@ NUM_CODEBOOKS = 32
 
 
 class CsmModel:
-    def __init__(self, hf, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, hf, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 backend: str | None = None):
+        """`backend`: cpu, portable or auto (see backends/); None reads $CSM_RENDER_BACKEND, else auto."""
         cfg = hf.config
         self.device, self.dtype = torch.device(device), dtype
+        self.backend = backends.resolve(self.device, backend)
         self.window = cfg.max_position_embeddings
         self.vocab = cfg.vocab_size
         self.num_codebooks = cfg.num_codebooks
         self.eos_code = cfg.codebook_eos_token_id
         bb, dd = hf.backbone_model, hf.depth_decoder
-        self.backbone = Transformer(bb.layers, bb.norm, bb.rotary_emb, cfg, self.window, device, dtype)
+        self.backbone = Transformer(bb.layers, bb.norm, bb.rotary_emb, cfg, self.window, device, dtype, self.backend)
         self.decoder = Transformer(dd.model.layers, dd.model.norm, dd.model.rotary_emb, cfg.depth_decoder_config,
-                                   self.num_codebooks + 1, device, dtype)
+                                   self.num_codebooks + 1, device, dtype, self.backend)
         w = lambda t: t.detach().to(device, dtype).contiguous()
         self.text_embed = w(hf.embed_text_tokens.weight)  # [text_vocab, dim]
         self.audio_embed = w(bb.embed_tokens.embed_audio_tokens.weight)  # [32 * vocab, dim]
         self.dim = cfg.hidden_size
-        self.c0_head = Linear(w(hf.lm_head.weight))  # [vocab, dim]
-        self.dd_proj = Linear(w(dd.model.inputs_embeds_projector.weight))  # [dd_dim, dim]
+        linear = self.backend.linear
+        self.c0_head = linear(w(hf.lm_head.weight))  # [vocab, dim]
+        self.dd_proj = linear(w(dd.model.inputs_embeds_projector.weight))  # [dd_dim, dim]
         with torch.no_grad():
             # The depth decoder embeds a code then projects it; one table does both at once.
             self.dd_in = w(F.linear(dd.model.embed_tokens.weight.detach().float(),
                                     dd.model.inputs_embeds_projector.weight.detach().float()))  # [32*vocab, dd_dim]
         # Codebook i's head as a [vocab, dd_dim] product, one per codebook 1..31.
-        self.dd_heads = [Linear(w(head.t())) for head in dd.codebooks_head.weight.detach()]
+        self.dd_heads = [linear(w(head.t())) for head in dd.codebooks_head.weight.detach()]
         self.offsets = torch.arange(self.num_codebooks, device=device) * self.vocab
         self.depth_weights = self._depth_weights()
-        self.codebooks = depth.compile_codebooks(self.device.type)
+        self.codebooks = self.backend.compile(depth.codebooks)
 
     def _depth_weights(self) -> depth.DepthWeights:
         heads = [h.operand for h in self.dd_heads]
-        return depth.DepthWeights(stack=self.decoder.weights, dd_in=self.dd_in, heads=heads, vocab=self.vocab)
+        return depth.DepthWeights(stack=self.decoder.weights, dd_in=self.dd_in, heads=heads, vocab=self.vocab,
+                                  native_topk=self.backend.native_topk)
 
     # -- caches -----------------------------------------------------------------------------------------------
     def new_caches(self, rows: int) -> dict:
@@ -109,7 +113,7 @@ class CsmModel:
         row's turn, so sampling noise depends only on (seed, frame, codebook)."""
         B = h.shape[0]
         noise = params.frame_noise(frame_index, self.num_codebooks)  # one batch of hashing per frame
-        c = sample(self.c0_head(h), params, None if noise is None else noise[:, 0])
+        c = sample(self.c0_head(h), params, None if noise is None else noise[:, 0], self.backend.native_topk)
         # Depth decoder: position 0 is the projected backbone state, position i >= 1 holds codebook i-1's code.
         x = torch.stack([self.dd_proj(h), F.embedding(c, self.dd_in)], dim=1)  # [B, 2, dd_dim]
         pos = torch.arange(2, device=self.device)[None].expand(B, 2)

@@ -75,21 +75,26 @@ class SamplingParams:
         )
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
+def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None,
+           native_topk: bool = True) -> torch.Tensor:
     """logits [B, V] -> token ids [B]. `noise` [B, >= max_top_k] is this draw's Gumbel noise per candidate rank
     (see gumbel()); None when every row is greedy."""
     if params.all_greedy:
         return logits.argmax(dim=-1)
     k = min(params.max_top_k, logits.shape[-1])
-    return draw(logits, params.temperature, params.top_k, k, params.same_top_k, noise)
+    return draw(logits, params.temperature, params.top_k, k, params.same_top_k, noise, native_topk)
 
 
 def draw(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, k: int, same_top_k: bool,
-         noise: torch.Tensor) -> torch.Tensor:
+         noise: torch.Tensor, native_topk: bool = True) -> torch.Tensor:
     """sample()'s draw for rows that are not all greedy, on tensors and numbers only, so that the scripted depth
-    decoder (depth.py) runs it too. k = max(top_k), at most V."""
+    decoder (depth.py) runs it too. k = max(top_k), at most V. `native_topk`: the CPU backend's top-k op
+    (topk.py), else plain torch.topk (the portable backend: what a CUDA graph captures)."""
     # Dividing by a positive temperature keeps the order, so only the k kept values need it.
-    values, indices = torch.ops.csm_render.top_k(logits.float(), k)  # [B, k], sorted descending
+    if native_topk:
+        values, indices = torch.ops.csm_render.top_k(logits.float(), k)  # [B, k], sorted descending
+    else:
+        values, indices = logits.float().topk(k, dim=-1)
     values = values / temperature[:, None]
     # Gumbel-max over each row's own top-k candidates: argmax(v + g) samples softmax(v).
     if not same_top_k:  # rows keep different numbers of candidates

@@ -9,11 +9,8 @@ Shapes in comments: B rows (conversation slots), S new positions, T cache length
 
 from __future__ import annotations
 
-import functools
-import logging
-import warnings
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +18,6 @@ import torch.nn.functional as F
 from .linear import Linear, product, product_add
 
 NUM_CODEBOOKS = 32
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,12 +52,12 @@ class StackWeights(NamedTuple):
 class Transformer:
     """A Llama-style decoder stack (RMSNorm, RoPE, GQA, SwiGLU) holding only tensors."""
 
-    def __init__(self, hf_layers, hf_norm, rotary, config, max_len: int, device, dtype):
+    def __init__(self, hf_layers, hf_norm, rotary, config, max_len: int, device, dtype, backend):
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.eps = config.rms_norm_eps
-        self.layers = [self._fuse(layer, device, dtype) for layer in hf_layers]
+        self.layers = [self._fuse(layer, device, dtype, backend) for layer in hf_layers]
         self.norm = hf_norm.weight.detach().to(device, dtype)
         # RoPE tables from transformers' own rotary module, so scaling variants (llama3) match exactly.
         with torch.no_grad():
@@ -69,12 +65,12 @@ class Transformer:
             cos, sin = rotary.to(device)(probe, torch.arange(max_len, device=device)[None])
         self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # [max_len, D]
         self.weights = self._stack_weights()
-        self._forward = compile_for(torch.device(device).type, forward)
+        self._forward = backend.compile(forward)
 
     @staticmethod
-    def _fuse(layer, device, dtype) -> LayerWeights:
+    def _fuse(layer, device, dtype, backend) -> LayerWeights:
         a, m = layer.self_attn, layer.mlp
-        cat = lambda *ws: Linear(torch.cat([w.weight.detach() for w in ws]).to(device, dtype))
+        cat = lambda *ws: backend.linear(torch.cat([w.weight.detach() for w in ws]).to(device, dtype))
         return LayerWeights(
             norm1=layer.input_layernorm.weight.detach().to(device, dtype),
             wqkv=cat(a.q_proj, a.k_proj, a.v_proj),
@@ -142,19 +138,3 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
-
-@functools.cache
-def compile_for(device_type: str, fn: Callable) -> Callable:
-    """fn scripted with TorchScript on CPU (once per process), so its ops run without the GIL while row_split.py
-    runs several blocks of rows at once; the plain function on other devices or when scripting fails."""
-    if device_type != "cpu":
-        return fn
-    try:
-        with warnings.catch_warnings():
-            # torch.jit.script is deprecated in favour of torch.compile, which on CPU took 38 s to compile the
-            # depth decoder's loop and ran it 2x slower than eager; the fallback below covers its removal.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(fn)
-    except Exception as e:  # a torch without TorchScript: the same code, eagerly
-        log.warning("TorchScript unavailable for %s (%s); running it eagerly", fn.__name__, e)
-        return fn

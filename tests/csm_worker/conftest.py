@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker import ConversationDone, RenderedTurn, load_csm_1b
+from csm_worker import ConversationDone, Generator, RenderedTurn, load_csm_1b
 from csm_worker.engine import Engine
 from csm_worker.prompt import TextEncoder
 
@@ -36,6 +36,17 @@ def gen(cache_dir):
     torch.set_num_threads(1)
     yield load_csm_1b("cpu", "random:tiny")
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", params=["cpu", "portable"])
+def bgen(request, gen):
+    """`gen`'s weights on each backend (csm_worker/backends): `cpu` (oneDNN, TorchScript, C top-k, row split)
+    and `portable` (plain PyTorch ops, the code CUDA runs). Tests of the engine's results take this fixture, so
+    a bug in either path fails on CPU."""
+    if request.param == "cpu":
+        yield gen
+        return
+    yield Generator(gen.loaded, "cpu", torch.float32, backend=request.param)
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +88,13 @@ def hf_greedy(hf, text_ids):
 
 
 @pytest.fixture(scope="session")
-def render(gen):
-    """Render with a fresh engine (fresh caches) and collect the events:
+def render(bgen):
+    """Render with a fresh engine (fresh caches) on each backend and collect the events:
     returns ({(conversation_id, turn_index): RenderedTurn}, {conversation_id: ConversationDone}, [events])."""
 
-    def run(conversations, batch_size: int, decode_audio: bool = False):
-        engine = Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch_size, decode_audio=decode_audio)
+    def run(conversations, batch_size: int, decode_audio: bool = False, **engine_args):
+        engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=batch_size,
+                        decode_audio=decode_audio, **engine_args)
         return collect(engine.run(conversations))
 
     return run
@@ -155,6 +167,6 @@ def mixed_spec():
 
 
 @pytest.fixture(scope="session")
-def mixed_b3(gen):
-    """The mixed batch rendered once through the public API at batch_size 3, audio included."""
-    return collect(gen.render(mixed_conversations(), batch_size=3))
+def mixed_b3(bgen):
+    """The mixed batch rendered once per backend through the public API at batch_size 3, audio included."""
+    return collect(bgen.render(mixed_conversations(), batch_size=3))

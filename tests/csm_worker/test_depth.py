@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from csm_worker import depth, transformer
+from csm_worker.backends import cpu
+from csm_worker.backends.portable import PortableBackend
 from csm_worker.sampling import SamplingParams
 
 
@@ -21,7 +23,7 @@ def frame(model, codebooks, params, rows=5, seed=0):
 @pytest.mark.parametrize("top_k", [[1] * 5, [50] * 5, [1, 7, 50, 2051, 3]], ids=["greedy", "sampled", "mixed"])
 def test_scripted_loop_equals_the_eager_one(gen, top_k):
     model = gen.model
-    scripted = depth.compile_codebooks("cpu")
+    scripted = cpu.CpuBackend().compile(depth.codebooks)
     assert isinstance(scripted, torch.jit.ScriptFunction)
     params = SamplingParams.build([0.7, 0.9, 1.0, 1.3, 0.8], top_k, [11, 12, 13, 14, 15], "cpu")
     try:
@@ -36,15 +38,15 @@ def test_scripted_loop_equals_the_eager_one(gen, top_k):
     assert not eager_cache[0][:, :2].any() and eager_cache[0][:, 2:].any()
 
 
-def test_other_devices_and_a_failed_script_run_the_plain_function(monkeypatch, caplog):
-    assert depth.compile_codebooks("cuda") is depth.codebooks
-    assert transformer.compile_for("cuda", transformer.forward) is transformer.forward
+def test_the_portable_backend_and_a_failed_script_run_the_plain_function(monkeypatch, caplog):
+    assert PortableBackend().compile(depth.codebooks) is depth.codebooks
+    assert PortableBackend().compile(transformer.forward) is transformer.forward
 
     def broken(fn):
         raise RuntimeError("no TorchScript here")
 
     monkeypatch.setattr(torch.jit, "script", broken)
-    assert transformer.compile_for.__wrapped__("cpu", depth.codebooks) is depth.codebooks
+    assert cpu.script.__wrapped__(depth.codebooks) is depth.codebooks
     assert "TorchScript unavailable for codebooks" in caplog.text
 
 

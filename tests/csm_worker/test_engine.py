@@ -1,4 +1,5 @@
-"""The batched engine: batch independence, EOS, the 2048-position window, errors, seeded sampling, audio."""
+"""The batched engine: batch independence, EOS, the 2048-position window, errors, seeded sampling, audio. Tests
+that take `render`, `bgen` or `mixed_b3` run on both backends (conftest.py)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ def assert_same_codes(a, b):
 
 # -- batch independence -------------------------------------------------------------------------------------------
 
-def test_codes_do_not_depend_on_batch_size_or_reused_engine(gen, render, collect, mixed, mixed_b3):
+def test_codes_do_not_depend_on_batch_size_or_reused_engine(bgen, render, collect, mixed, mixed_b3):
     b3, _, _ = mixed_b3
     b1, dones, _ = render(mixed(), batch_size=1)
     assert all(d.error is None for d in dones.values())
     assert_same_codes(codes_of(b1), codes_of(b3))
     # The generator keeps one engine per batch size: a second run on its (used) caches gives the same codes.
-    again, _, _ = collect(gen.render(mixed(), batch_size=3))
+    again, _, _ = collect(bgen.render(mixed(), batch_size=3))
     assert_same_codes(codes_of(again), codes_of(b3))
     # And a batch larger than the number of conversations (idle rows throughout).
     b8, _, _ = render(mixed(), batch_size=8)
@@ -42,7 +43,7 @@ def test_codes_do_not_depend_on_batch_size_or_reused_engine(gen, render, collect
 # -- EOS ----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("eos_at", [3, 0])
-def test_eos_frame_ends_the_turn_and_serves_as_context(gen, render, hf_greedy, monkeypatch, eos_at):
+def test_eos_frame_ends_the_turn_and_serves_as_context(bgen, render, hf_greedy, monkeypatch, eos_at):
     """Random weights never emit an all-zero frame by themselves, so the test forces one: row 0's frame `eos_at`
     of its first turn becomes the EOS frame (and the engine feeds it to the backbone, as it would a real one).
     At 0 the turn ends without a single frame."""
@@ -53,7 +54,7 @@ def test_eos_frame_ends_the_turn_and_serves_as_context(gen, render, hf_greedy, m
     ]
     plain, _, _ = render(convs(), batch_size=2)
 
-    original = gen.model.sample_frame
+    original = bgen.model.sample_frame
     calls = []
 
     def forced(caches, rows, h, params, frame_index):
@@ -63,7 +64,7 @@ def test_eos_frame_ends_the_turn_and_serves_as_context(gen, render, hf_greedy, m
         calls.append(frame_index.tolist())
         return codes
 
-    monkeypatch.setattr(gen.model, "sample_frame", forced)
+    monkeypatch.setattr(bgen.model, "sample_frame", forced)
     turns, dones, _ = render(convs(), batch_size=2, decode_audio=True)
     monkeypatch.undo()
     assert calls[eos_at][0] == eos_at, "row 0 was in its first turn at the forced step"

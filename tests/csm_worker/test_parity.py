@@ -1,4 +1,5 @@
-"""Greedy parity of the batched engine with transformers' `CsmForConditionalGeneration.generate`.
+"""Greedy parity of the batched engine with transformers' `CsmForConditionalGeneration.generate`, on both
+backends (the `bgen` and `render` fixtures).
 
 Every comparison here is exact (codes are integers): on CPU float32 the engine's lean forward pass gives the same
 argmax as transformers at every step for `random:tiny`, so no tolerance is needed.
@@ -13,9 +14,9 @@ import torch
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest
 
 
-def test_single_turn_equals_hf_generate(gen, hf, text_ids):
+def test_single_turn_equals_hf_generate(bgen, hf, text_ids):
     frames = 10
-    events = list(gen.render([ConversationRequest("one", [
+    events = list(bgen.render([ConversationRequest("one", [
         TurnRequest(0, 0, "Hello there", top_k=1, max_audio_length_ms=frames * 80)])], batch_size=1))
     turns = [e for e in events if isinstance(e, RenderedTurn)]
     assert len(turns) == 1 and turns[0].end_reason == "max_length"
@@ -50,7 +51,7 @@ def test_mixed_batch_every_turn_equals_hf_from_scratch(mixed_b3, mixed_spec, hf_
             context.append((speaker, text, got.codes))
 
 
-def test_given_audio_turn_matches_hf_audio_path(gen, hf, text_ids, noise_audio, hf_greedy):
+def test_given_audio_turn_matches_hf_audio_path(bgen, hf, text_ids, noise_audio, hf_greedy):
     cfg = hf.config
     prompt_frames, frames = 5, 6
     audio = noise_audio(prompt_frames, seed=3)
@@ -59,7 +60,7 @@ def test_given_audio_turn_matches_hf_audio_path(gen, hf, text_ids, noise_audio, 
         TurnRequest(1, 0, "Answer in kind.", top_k=1, max_audio_length_ms=frames * 80),
         TurnRequest(2, 1, "And back again.", top_k=1, max_audio_length_ms=4 * 80),
     ])
-    events = list(gen.render([conv], batch_size=2))
+    events = list(bgen.render([conv], batch_size=2))
     rendered = {e.turn_index: e for e in events if isinstance(e, RenderedTurn)}
     assert sorted(rendered) == [1, 2], "a given turn is context only, never rendered"
     assert events[-1].error is None and events[-1].turns_rendered == 2
@@ -68,7 +69,7 @@ def test_given_audio_turn_matches_hf_audio_path(gen, hf, text_ids, noise_audio, 
     with torch.no_grad():
         hf_codes = hf.codec_model.encode(torch.from_numpy(audio)[None, None]).audio_codes[0]  # [32, frames]
     assert hf_codes.shape == (32, prompt_frames) and hf_codes.any()
-    np.testing.assert_array_equal(gen.codec.encode(audio), hf_codes.numpy())
+    np.testing.assert_array_equal(bgen.codec.encode(audio), hf_codes.numpy())
     ids = (text_ids(1, "A voice prompt.") + [cfg.audio_token_id] * prompt_frames + [cfg.audio_eos_token_id]
            + text_ids(0, "Answer in kind."))
     # The explicit attention mask matters: CSM's config uses the audio placeholder id as its pad id, so without
