@@ -23,7 +23,8 @@ from .model import CsmModel
 from .prompt import Span, TextEncoder, embed_spans, span_for
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
 from .row_split import RowSplit
-from .sampling import SamplingParams
+from .sampling import SamplingParams, effective
+from .static_step import StaticStep
 
 
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
@@ -58,9 +59,12 @@ class _Turn:
 
 class Engine:
     def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True,
-                 workers: int | None = None):
+                 workers: int | None = None, static: bool | None = None, graphs: bool | None = None):
         """`workers`: CPU threads a decode step is split over by rows (row_split.py); default: the model's
-        backend says (the cpu backend: torch's intra-op thread count; portable: none, inline)."""
+        backend says (the cpu backend: torch's intra-op thread count; portable: none, inline).
+        `static`: decode with the fixed-shape step (static_step.py); default: on CUDA. `graphs`: replay that
+        step as CUDA graphs (cuda_graphs.py; implies static); default: on CUDA. Without CUDA, or when capture
+        fails, the same step runs eagerly (logged)."""
         self.model, self.codec, self.text = model, codec, TextEncoder(tokenizer)
         self.batch_size = batch_size
         self.decode_audio = decode_audio
@@ -76,6 +80,19 @@ class Engine:
         self._sampling = [(1.0, 1, 0)] * batch_size  # (temperature, top_k, seed) per row
         self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0}
         self._to_prefill: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (embeddings, start position)
+        self.static = self._static_step(static, graphs)
+
+    def _static_step(self, static: bool | None, graphs: bool | None) -> StaticStep | None:
+        on_cuda = self.model.device.type == "cuda"
+        graphs = on_cuda if graphs is None else graphs
+        if not (graphs or (on_cuda if static is None else static)):
+            return None
+        runner = None
+        if graphs:
+            from .cuda_graphs import GraphRunner
+
+            runner = GraphRunner(self.model.device)
+        return StaticStep(self.model, self.caches, self.h, runner)
 
     # -- driver loop ------------------------------------------------------------------------------------------
     def run(self, conversations: Iterable[ConversationRequest]) -> Iterator[RenderedTurn | ConversationDone]:
@@ -105,6 +122,8 @@ class Engine:
         self.convs = [None] * self.batch_size
         self.turns = [None] * self.batch_size
         self.pos = [0] * self.batch_size
+        for row in range(self.batch_size if self.static else 0):
+            self.static.free(row)
 
     def _admit(self, row: int, req: ConversationRequest) -> Iterator[ConversationDone | RenderedTurn]:
         conv = _Conversation(req)
@@ -127,6 +146,8 @@ class Engine:
                                     tag=conv.req.tag, turns_rendered=conv.rendered)
         self.convs[row] = self.turns[row] = None
         self.pos[row] = 0
+        if self.static:
+            self.static.free(row)
         yield done
 
     def _given_span(self, turn: TurnRequest) -> Span:
@@ -152,6 +173,8 @@ class Engine:
         conv.history.append(new)
         self.turns[row] = _Turn(req, tokens)
         self._sampling[row] = (req.temperature, req.top_k, req.seed)
+        if self.static:
+            self.static.start_turn(row, self.pos[row], *self._sampling[row])
 
     def _drop_oldest(self, conv: _Conversation, room: int) -> None:
         """Drop the oldest rendered turns until `room` positions and WINDOW_SLACK more are free (or nothing but
@@ -199,7 +222,10 @@ class Engine:
     def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
         self._flush_prefills()
         hi = 1 + max(r for r in range(self.batch_size) if self.turns[r] is not None)
-        codes_np = torch.cat(self.split.run(self._decode_rows, hi)).cpu().numpy()
+        codes_np = self._static_codes() if self.static else torch.cat(self.split.run(self._decode_rows, hi))
+        # The step's one host sync: EOS and frames are decided here. A copy: the static step's codes are a buffer
+        # the next step overwrites, and on CPU .cpu() would hand the buffer itself to the turn's frames.
+        codes_np = codes_np[:hi].to("cpu", copy=True).numpy()
         self.stats["steps"] += 1
         finished, ended_rows = [], []
         for r in range(hi):
@@ -221,6 +247,13 @@ class Engine:
         yield from finished
         for r in ended_rows:
             yield from self._advance(r)
+
+    def _static_codes(self) -> torch.Tensor:
+        """The fixed-shape step over every slot; its two buckets come from Python-side state, so no sync."""
+        active = [r for r in range(self.batch_size) if self.turns[r] is not None]
+        t_len = 1 + max(self.pos[r] for r in active)
+        max_top_k = max(effective(*self._sampling[r][:2])[1] for r in active)
+        return self.static.run(t_len, max_top_k)
 
     def _decode_rows(self, lo: int, hi: int) -> torch.Tensor:
         """Sample one frame for rows lo..hi-1 and feed it back into their caches: codes [hi - lo, 32]. Blocks of

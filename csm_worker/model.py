@@ -96,12 +96,14 @@ class CsmModel:
         return h[torch.arange(B, device=self.device), last]
 
     @torch.no_grad()
-    def decode(self, caches: dict, rows: slice, frames: torch.Tensor, pos: torch.Tensor, t_len: int) -> torch.Tensor:
+    def decode(self, caches: dict, rows: slice, frames: torch.Tensor, pos: torch.Tensor, t_len: int,
+               exact_len: bool = True) -> torch.Tensor:
         """Feed one frame per row (frames [B, 32] at positions pos [B]); returns hidden states [B, dim].
-        `t_len` is max(pos) + 1, passed in so no device sync is needed to size the attention."""
+        `t_len` is max(pos) + 1 (exact_len), passed in so no device sync is needed to size the attention, or
+        any larger length (a static step's bucket), whose positions past each row's own are masked out."""
         x = self.embed_frames(frames)[:, None]
-        # One row sees its whole cache prefix: no mask, so attention takes SDPA's fast unmasked path.
-        mask = None if frames.shape[0] == 1 else \
+        # One row that sees its whole cache prefix needs no mask: attention takes SDPA's fast unmasked path.
+        mask = None if frames.shape[0] == 1 and exact_len else \
             (torch.arange(t_len, device=self.device)[None, :] <= pos[:, None])[:, None, None]
         return self.backbone.forward(x, pos[:, None], caches["backbone"], rows, pos[:, None], mask, t_len)[:, 0]
 

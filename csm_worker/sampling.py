@@ -62,10 +62,9 @@ class SamplingParams:
 
     @classmethod
     def build(cls, temperatures, top_ks, seeds, device) -> "SamplingParams":
-        # Temperature 0 means "no randomness": greedy, like top_k 1 (dividing by it would give NaN logits).
-        top_k = [1 if float(t) <= 0 else max(1, int(k)) for t, k in zip(temperatures, top_ks)]
+        top_k = [effective(t, k)[1] for t, k in zip(temperatures, top_ks)]
         return cls(
-            temperature=torch.tensor([max(float(t), 1e-5) for t in temperatures], device=device,
+            temperature=torch.tensor([effective(t, 1)[0] for t in temperatures], device=device,
                                      dtype=torch.float32),
             top_k=torch.tensor(top_k, device=device, dtype=torch.long),
             seed=torch.tensor([int(s) for s in seeds], device=device, dtype=torch.long),
@@ -73,6 +72,13 @@ class SamplingParams:
             all_greedy=all(k == 1 for k in top_k),
             same_top_k=len(set(top_k)) == 1,
         )
+
+
+def effective(temperature: float, top_k: int) -> tuple[float, int]:
+    """What a row's (temperature, top_k) mean to the sampler. Temperature 0 means "no randomness": greedy, like
+    top_k 1 (dividing by it would give NaN logits), and a top_k below 1 keeps one candidate."""
+    top_k = 1 if float(temperature) <= 0 else max(1, int(top_k))
+    return max(float(temperature), 1e-5), top_k
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None,

@@ -1,0 +1,129 @@
+"""The fixed-shape decode step (`csm_worker.static_step`) and its CUDA-graph runner, on CPU: the same codes as the
+dynamic step, buckets, buffers, and functions that read nothing from Python between steps."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from csm_worker import ConversationRequest, TurnRequest
+from csm_worker.cuda_graphs import GraphRunner
+from csm_worker.engine import Engine
+from csm_worker.static_step import BUCKET, StaticStep, length_bucket, top_k_bucket
+
+
+def test_length_buckets_cover_every_length_up_to_the_window():
+    window = 2048
+    got = {t: length_bucket(t, window) for t in range(1, window + 1)}
+    assert all(t <= b <= min(window, t + BUCKET - 1) for t, b in got.items())
+    assert sorted(set(got.values())) == list(range(BUCKET, window + 1, BUCKET))
+    assert length_bucket(100, 64) == 64  # a window smaller than a bucket
+
+
+def test_top_k_buckets_are_powers_of_two_up_to_the_vocabulary():
+    assert [top_k_bucket(k, 2051) for k in (1, 2, 3, 50, 64, 65, 1500, 2051, 5000)] == \
+        [1, 2, 4, 64, 64, 128, 2048, 2051, 2051]
+
+
+def sampled_mix():
+    """Slots joining and leaving: 5 conversations in 3 slots, greedy and sampled rows with different top_k and
+    temperatures, 1-3 turns of 2-7 frames; one turn long enough that rows sit in different length buckets."""
+    t = lambda i, spk, text, frames, k, temp=0.9, seed=0: TurnRequest(i, spk, text, top_k=k, temperature=temp,
+                                                                    seed=seed, max_audio_length_ms=frames * 80)
+    return [
+        ConversationRequest("a", [t(0, 0, "Hi.", 4, 1)]),
+        ConversationRequest("b", [t(0, 1, "A rather long opening line to shift the positions around.", 3, 50,
+                                    seed=3), t(1, 0, "Sure.", 6, 7, 1.3, seed=4)]),
+        ConversationRequest("c", [t(0, 1, "x" * 300, 5, 50, seed=5), t(1, 0, "then zero", 3, 1)]),
+        ConversationRequest("d", [t(0, 0, "Joins late", 2, 2051, 0.7, seed=6)]),
+        ConversationRequest("e", [t(0, 1, "Ok", 7, 50, 0.0, seed=7), t(1, 1, "Twice", 4, 3, seed=8)]),
+    ]
+
+
+def codes(render, **engine_args):
+    turns, dones, _ = render(sampled_mix(), batch_size=3, **engine_args)
+    assert all(d.error is None for d in dones.values())
+    return {k: t.codes for k, t in turns.items()}
+
+
+def test_static_step_gives_exactly_the_dynamic_steps_codes(render):
+    dynamic = codes(render)
+    static = codes(render, static=True)
+    assert sorted(static) == sorted(dynamic) and len(static) == 8
+    for key in dynamic:
+        np.testing.assert_array_equal(static[key], dynamic[key], err_msg=str(key))
+
+
+def test_without_cuda_graphs_fall_back_to_the_same_step_with_a_log_line(render, caplog):
+    caplog.set_level(logging.INFO, logger="csm_worker.cuda_graphs")
+    graphed = codes(render, graphs=True)
+    assert "CUDA graphs off" in caplog.text
+    for key, want in codes(render, static=True).items():
+        np.testing.assert_array_equal(graphed[key], want, err_msg=str(key))
+
+
+def test_a_failed_capture_is_logged_and_the_step_runs_eagerly(monkeypatch, caplog):
+    runner = GraphRunner("cpu")
+    runner.enabled = True  # as on a GPU, where this capture fails
+
+    def no_capture(fn, state):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runner, "_capture", no_capture)
+    ran = []
+    fn = runner(("feed", 256), lambda: lambda: ran.append(1), [])
+    fn()
+    assert ran == [1] and not runner.enabled and not runner.graphs
+    assert "capture of ('feed', 256) failed" in caplog.text and "not permitted" in caplog.text
+
+
+class Recorder:
+    """A stand-in for GraphRunner: makes each bucket's function once (as a capture would) and counts them."""
+
+    def __init__(self):
+        self.made: list[tuple] = []
+        self.states: list[list[torch.Tensor]] = []
+
+    def __call__(self, key, make, state):
+        self.made.append(key)
+        self.states.append(state)
+        return make()
+
+
+def test_each_buckets_function_is_made_once_and_replayed_with_only_its_buffers(bgen, render, collect):
+    """Replays must not depend on Python state that changes between steps: each function is made once, on the
+    first step that needs it, and serves every later step, of other rows and turns, with only the buffers
+    changed. Were a function to keep a value from when it was made (a position, a row's settings), the codes
+    below would differ from the dynamic step's."""
+    recorder = Recorder()
+    engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=3, decode_audio=False, static=True)
+    engine.static.run_fn = recorder
+
+    turns, _, _ = collect(engine.run(sampled_mix()))
+    assert len(recorder.made) == len(set(recorder.made)), "a bucket's function was made twice"
+    kinds = {kind for kind, _ in recorder.made}
+    assert kinds == {"sample", "feed"}
+    assert ("feed", 256) in recorder.made and ("feed", 512) in recorder.made  # "c"'s 300 positions
+    assert ("sample", 64) in recorder.made and ("sample", 2051) in recorder.made  # top_k 50, and 2051 of 2051
+    # What a capture's warm-up must give back: h and the step buffers, by identity (not copies).
+    assert recorder.states[0][0] is engine.h and recorder.states[0][1] is engine.static.buf.pos
+    want = codes(render)
+    for key in want:
+        np.testing.assert_array_equal(turns[key].codes, want[key], err_msg=str(key))
+
+
+def test_rows_buffers_follow_turns_and_free_rows_are_inert(gen):
+    m = gen.model
+    step = StaticStep(m, m.new_caches(2), torch.zeros(2, m.dim))
+    step.start_turn(1, pos=17, temperature=0.0, top_k=50, seed=9)
+    b = step.buf
+    assert b.active.tolist() == [False, True] and b.pos.tolist() == [0, 17]
+    assert b.top_k.tolist() == [1, 1] and b.temperature[1] == pytest.approx(1e-5)  # temperature 0: greedy
+    step.run(t_len=18, max_top_k=1)
+    step.run(t_len=19, max_top_k=1)
+    assert b.pos.tolist() == [0, 19] and b.frame_index.tolist() == [0, 2]  # advanced on the device
+    step.free(1)
+    assert b.active.tolist() == [False, False] and b.pos.tolist() == [0, 0] and b.seed.tolist() == [0, 0]
