@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from . import backends
+from . import backends, memory
 from .codec import Codec
 from .engine import Engine
 from .loading import DEFAULT_MODEL, LoadedModel, dtype_for, load_pretrained, resolve_device
@@ -42,11 +42,11 @@ class Generator:
             self._engines[b] = Engine(self.model, self.codec, self.loaded.tokenizer, batch_size=b)
         return self._engines[b]
 
-    def max_batch_size(self, memory_fraction: float = 0.6, cap: int = 512) -> int:
-        """Slots whose caches fit in a share of the GPU's free memory (the rest is for weights' workspace,
-        activations and Mimi)."""
-        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
-        return max(1, min(cap, int(free * memory_fraction) // self.model.cache_bytes_per_row()))
+    def max_batch_size(self) -> int:
+        """`--batch-size auto` on a GPU: the slots whose caches and step temporaries fit in free memory
+        (memory.py); what it chose and why is logged and kept in `self.slot_budget`."""
+        self.slot_budget = memory.auto_slots(self.model)
+        return self.slot_budget.slots
 
     def render(self, conversations: Iterable[ConversationRequest],
                batch_size: int | None = None) -> Iterator[RenderedTurn | ConversationDone]:
