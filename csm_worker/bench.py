@@ -47,6 +47,11 @@ class BenchResult:
     decode_flops_per_frame: float
     compute_efficiency: float
     peak_memory_mb: float
+    backend: str = ""
+    # The portable backend (plain PyTorch, what CUDA runs) on the same weights and batch, measured in the same
+    # rounds; None when the engine measured above is the portable one.
+    portable_frames_per_s: float | None = None
+    portable_compute_efficiency: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,24 +62,38 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def engine_frames_per_s(gen: Generator, batch_size: int, frames: int, conversations: int | None = None) -> float:
+# How a decode step runs (Engine's static= and graphs=): None is the engine's default for the device (CUDA:
+# graphs; CPU: dynamic); "static" is the fixed-shape step run eagerly, so graphs/static is what graphs add.
+MODES = {None: {}, "dynamic": dict(static=False, graphs=False), "static": dict(static=True, graphs=False),
+         "graphs": dict(static=True, graphs=True)}
+
+
+def engine_frames_per_s(gen: Generator, batch_size: int, frames: int, conversations: int | None = None,
+                        mode: str | None = None) -> float:
     """Frames per second with `batch_size` slots busy: `conversations` one-turn conversations of `frames` frames."""
+    return engine_run(gen, batch_size, frames, conversations, mode)[0]
+
+
+def engine_run(gen: Generator, batch_size: int, frames: int, conversations: int | None = None,
+               mode: str | None = None) -> tuple[float, Engine]:
+    """engine_frames_per_s, and the engine it measured (its graphs' capture time, its stats)."""
     n = conversations or batch_size
     convs = [ConversationRequest(f"b{i}", [TurnRequest(0, i % 2, PROMPT, max_audio_length_ms=frames * 80,
                                                        seed=i)]) for i in range(n)]
-    engine = _engine(gen, batch_size)
-    _warm(gen, engine)
+    engine = _engine(gen, batch_size, mode)
+    _warm(gen, engine)  # also captures the graphs the measured steps replay (same buckets)
     _sync(gen.device)
     start = time.perf_counter()
     done = sum(ev.num_frames for ev in engine.run(convs) if isinstance(ev, RenderedTurn))
     _sync(gen.device)
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), engine
 
 
-def _engine(gen: Generator, batch_size: int) -> Engine:
+def _engine(gen: Generator, batch_size: int, mode: str | None = None) -> Engine:
     # Its own engine without Mimi decoding: the token loop is what is measured, and the generator's shared
     # engines keep decoding audio for later calls.
-    return Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch_size, decode_audio=False)
+    return Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch_size, decode_audio=False,
+                  **MODES[mode])
 
 
 def _warm(gen: Generator, engine) -> None:
@@ -119,10 +138,12 @@ def hf_frames_per_s(gen: Generator, batch_size: int, frames: int) -> float:
     return out.shape[0] * out.shape[1] / (time.perf_counter() - start)
 
 
-def peak_flops_per_s(device, dtype, n: int = 2048, repeats: int = 4, trials: int = 5) -> float:
+def peak_flops_per_s(device, dtype, n: int | None = None, repeats: int = 4, trials: int = 5) -> float:
     """The device's own matmul throughput in `dtype` (best of `trials`): the ceiling `compute_efficiency` is
     measured against. On CPU it is the better of torch's default matmul and the oneDNN product the engine uses
-    (linear.py), so the engine's faster kernels do not inflate its efficiency."""
+    (linear.py), so the engine's faster kernels do not inflate its efficiency. Default size: 2048 on CPU,
+    8192 on GPUs (a 2048^3 product is over in ~20 us on an H100, too short to reach its peak)."""
+    n = n or (8192 if str(device).startswith("cuda") else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     products = [lambda: a @ b]
@@ -163,8 +184,11 @@ def peak_memory_mb(device) -> float:
 
 
 def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int | None = None,
-              rounds: int = ROUNDS) -> BenchResult:
+              rounds: int = ROUNDS, compare_portable: bool = True) -> BenchResult:
     hf_frames = hf_frames or min(frames, 20)
+    portable = None
+    if compare_portable and gen.model.backend.name != "portable":
+        portable = Generator(gen.loaded, gen.device, gen.model.dtype, backend="portable")
     measures = {
         "eng_b1": lambda: engine_frames_per_s(gen, 1, frames),
         "eng_bn": lambda: engine_frames_per_s(gen, batch_size, frames),
@@ -172,6 +196,8 @@ def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int 
         "hf_bn": lambda: hf_frames_per_s(gen, batch_size, hf_frames),
         "peak": lambda: peak_flops_per_s(gen.device, gen.model.dtype),
     }
+    if portable is not None:
+        measures["portable_bn"] = lambda: engine_frames_per_s(portable, batch_size, frames)
     if batch_size == 1:
         del measures["eng_bn"], measures["hf_bn"]
     best = dict.fromkeys(measures, 0.0)
@@ -188,12 +214,14 @@ def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int 
         speedup_vs_hf_bN=eng_bn / hf_bn, turn_cost_ratio=turn_cost_ratio(gen),
         realtime_factor=eng_bn * FRAME_S, realtime_factor_b1=eng_b1 * FRAME_S, peak_flops_per_s=peak,
         decode_flops_per_frame=per_frame, compute_efficiency=eng_bn * per_frame / peak,
-        peak_memory_mb=peak_memory_mb(gen.device),
+        peak_memory_mb=peak_memory_mb(gen.device), backend=gen.model.backend.name,
+        portable_frames_per_s=best.get("portable_bn"),
+        portable_compute_efficiency=best["portable_bn"] * per_frame / peak if portable else None,
     )
 
 
 def fastest_batch_size(gen: Generator, frames: int, candidates=(8, 16, 32, 64)) -> int:
-    """GPU: the largest batch whose caches fit in a share of free memory. CPU: the fastest of a short sweep."""
+    """GPU: the slots that fit in free memory (memory.py). CPU: the fastest of a short sweep."""
     if str(gen.device).startswith("cuda"):
         return gen.max_batch_size()
     rates = {b: engine_frames_per_s(gen, b, min(frames, 12)) for b in candidates}

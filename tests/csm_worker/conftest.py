@@ -65,16 +65,23 @@ def hf_greedy(hf, text_ids):
     """Reference: greedy HF generate of one turn from scratch. `context` is a list of (speaker, text, codes
     [32, n]) laid out as the CSM reference does (text tokens, audio frames, one all-zero EOS frame). Returns
     codes [32, frames] (HF stops early only on an all-zero frame, which it then drops)."""
+    return hf_greedy_on(hf, text_ids)
+
+
+def hf_greedy_on(hf, text_ids):
+    """hf_greedy for a transformers model on any device (test_device.py runs it on CUDA)."""
+    device = next(hf.parameters()).device
 
     @torch.no_grad()
     def run(context, speaker: int, text: str, frames: int) -> np.ndarray:
+        ids = lambda spk, txt: torch.tensor(text_ids(spk, txt), device=device)
         parts = []
         for spk, txt, codes in context:
-            parts.append(hf.embed_text_tokens(torch.tensor(text_ids(spk, txt))))
-            codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)  # [32, n]
-            with_eos = torch.cat([codes.T, torch.zeros(1, 32, dtype=torch.long)])  # [n + 1, 32]
+            parts.append(hf.embed_text_tokens(ids(spk, txt)))
+            codes = torch.as_tensor(np.asarray(codes), dtype=torch.long, device=device)  # [32, n]
+            with_eos = torch.cat([codes.T, torch.zeros(1, 32, dtype=torch.long, device=device)])  # [n + 1, 32]
             parts.append(hf.backbone_model.embed_tokens(with_eos[None])[0])
-        parts.append(hf.embed_text_tokens(torch.tensor(text_ids(speaker, text))))
+        parts.append(hf.embed_text_tokens(ids(speaker, text)))
         embeds = torch.cat(parts)[None]
         out = hf.generate(inputs_embeds=embeds, max_new_tokens=frames, do_sample=False,
                           depth_decoder_do_sample=False)
@@ -82,7 +89,7 @@ def hf_greedy(hf, text_ids):
         eos = (out == 0).all(dim=-1).nonzero()
         if eos.numel():
             out = out[: eos.min()]
-        return out.T.numpy()
+        return out.T.cpu().numpy()
 
     return run
 
@@ -170,3 +177,20 @@ def mixed_spec():
 def mixed_b3(bgen):
     """The mixed batch rendered once per backend through the public API at batch_size 3, audio included."""
     return collect(bgen.render(mixed_conversations(), batch_size=3))
+
+
+def sampled_mix_conversations():
+    """Slots joining and leaving: 5 conversations in 3 slots, greedy and sampled rows with different top_k and
+    temperatures, 1-3 turns of 2-7 frames; one turn long enough that rows sit in different length buckets."""
+    from csm_worker import ConversationRequest, TurnRequest
+
+    t = lambda i, spk, text, frames, k, temp=0.9, seed=0: TurnRequest(i, spk, text, top_k=k, temperature=temp,
+                                                                    seed=seed, max_audio_length_ms=frames * 80)
+    return [
+        ConversationRequest("a", [t(0, 0, "Hi.", 4, 1)]),
+        ConversationRequest("b", [t(0, 1, "A rather long opening line to shift the positions around.", 3, 50,
+                                    seed=3), t(1, 0, "Sure.", 6, 7, 1.3, seed=4)]),
+        ConversationRequest("c", [t(0, 1, "x" * 300, 5, 50, seed=5), t(1, 0, "then zero", 3, 1)]),
+        ConversationRequest("d", [t(0, 0, "Joins late", 2, 2051, 0.7, seed=6)]),
+        ConversationRequest("e", [t(0, 1, "Ok", 7, 50, 0.0, seed=7), t(1, 1, "Twice", 4, 3, seed=8)]),
+    ]

@@ -15,13 +15,19 @@ def test_each_figure_is_the_best_of_interleaved_rounds(gen, monkeypatch):
     speeds = {
         ("eng", 1): iter([10.0, 30.0, 20.0]), ("eng", 8): iter([100.0, 50.0, 300.0]),
         ("hf", 1): iter([2.0, 1.0, 1.5]), ("hf", 8): iter([40.0, 60.0, 20.0]),
+        ("portable", 8): iter([70.0, 90.0, 80.0]),
     }
 
     def fake(side):
         def measure(gen, batch, frames):
-            order.append((side, batch))
-            return next(speeds[(side, batch)])
+            if side == "eng" and gen.model.backend.name == "portable":
+                return measure_as("portable", batch)
+            return measure_as(side, batch)
         return measure
+
+    def measure_as(side, batch):
+        order.append((side, batch))
+        return next(speeds[(side, batch)])
 
     peaks = itertools.cycle([1e9, 3e9])
     monkeypatch.setattr(bench, "engine_frames_per_s", fake("eng"))
@@ -29,12 +35,15 @@ def test_each_figure_is_the_best_of_interleaved_rounds(gen, monkeypatch):
     monkeypatch.setattr(bench, "peak_flops_per_s", lambda device, dtype: next(peaks))
     monkeypatch.setattr(bench, "turn_cost_ratio", lambda gen: 1.0)
     r = bench.run_bench(gen, 8, frames=4, hf_frames=2, rounds=3)
-    assert order == [("eng", 1), ("eng", 8), ("hf", 1), ("hf", 8)] * 3  # interleaved, not one side then the other
+    # Interleaved, not one side then the other; the portable backend measured in the same rounds.
+    assert order == [("eng", 1), ("eng", 8), ("hf", 1), ("hf", 8), ("portable", 8)] * 3
     assert (r.engine_b1_frames_per_s, r.engine_frames_per_s, r.hf_b1_frames_per_s, r.hf_bN_frames_per_s) == \
         (30.0, 300.0, 2.0, 60.0)
     assert r.speedup_vs_hf_b1 == 150.0 and r.speedup_vs_hf_bN == 5.0 and r.rounds == 3  # engine at batch N
     assert r.peak_flops_per_s == 3e9
     assert r.compute_efficiency == 300.0 * r.decode_flops_per_frame / 3e9
+    assert r.backend == "cpu" and r.portable_frames_per_s == 90.0
+    assert r.portable_compute_efficiency == 90.0 * r.decode_flops_per_frame / 3e9
 
 
 def test_peak_is_a_positive_float32_matmul_rate():

@@ -48,7 +48,7 @@ def test_portable_bf16_renders_a_mixed_batch_end_to_end(bf16, mixed, collect):
 def teacher_forced_logits(model, tokens: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Codebook-0 logits [S, vocab] (float32) at every position of text `tokens` followed by frames `codes`."""
     x = torch.cat([model.embed_text(tokens), model.embed_frames(codes)])[None]
-    pos = torch.arange(x.shape[1])[None]
+    pos = torch.arange(x.shape[1], device=x.device)[None]
     caches = model.new_caches(1)
     with torch.no_grad():
         h = model.backbone.forward(x, pos, caches["backbone"], slice(0, 1), pos, None, x.shape[1])

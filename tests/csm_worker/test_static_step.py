@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker import ConversationRequest, TurnRequest
 from csm_worker.cuda_graphs import GraphRunner
 from csm_worker.engine import Engine
 from csm_worker.static_step import BUCKET, StaticStep, length_bucket, top_k_bucket
+
+from .conftest import sampled_mix_conversations
 
 
 def test_length_buckets_cover_every_length_up_to_the_window():
@@ -28,23 +29,8 @@ def test_top_k_buckets_are_powers_of_two_up_to_the_vocabulary():
         [1, 2, 4, 64, 64, 128, 2048, 2051, 2051]
 
 
-def sampled_mix():
-    """Slots joining and leaving: 5 conversations in 3 slots, greedy and sampled rows with different top_k and
-    temperatures, 1-3 turns of 2-7 frames; one turn long enough that rows sit in different length buckets."""
-    t = lambda i, spk, text, frames, k, temp=0.9, seed=0: TurnRequest(i, spk, text, top_k=k, temperature=temp,
-                                                                    seed=seed, max_audio_length_ms=frames * 80)
-    return [
-        ConversationRequest("a", [t(0, 0, "Hi.", 4, 1)]),
-        ConversationRequest("b", [t(0, 1, "A rather long opening line to shift the positions around.", 3, 50,
-                                    seed=3), t(1, 0, "Sure.", 6, 7, 1.3, seed=4)]),
-        ConversationRequest("c", [t(0, 1, "x" * 300, 5, 50, seed=5), t(1, 0, "then zero", 3, 1)]),
-        ConversationRequest("d", [t(0, 0, "Joins late", 2, 2051, 0.7, seed=6)]),
-        ConversationRequest("e", [t(0, 1, "Ok", 7, 50, 0.0, seed=7), t(1, 1, "Twice", 4, 3, seed=8)]),
-    ]
-
-
 def codes(render, **engine_args):
-    turns, dones, _ = render(sampled_mix(), batch_size=3, **engine_args)
+    turns, dones, _ = render(sampled_mix_conversations(), batch_size=3, **engine_args)
     assert all(d.error is None for d in dones.values())
     return {k: t.codes for k, t in turns.items()}
 
@@ -102,7 +88,7 @@ def test_each_buckets_function_is_made_once_and_replayed_with_only_its_buffers(b
     engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=3, decode_audio=False, static=True)
     engine.static.run_fn = recorder
 
-    turns, _, _ = collect(engine.run(sampled_mix()))
+    turns, _, _ = collect(engine.run(sampled_mix_conversations()))
     assert len(recorder.made) == len(set(recorder.made)), "a bucket's function was made twice"
     kinds = {kind for kind, _ in recorder.made}
     assert kinds == {"sample", "feed"}
