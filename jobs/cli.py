@@ -62,8 +62,8 @@ def main() -> None:
 @click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// manifests.")
 def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3_endpoint_url) -> None:
     """Check MANIFESTS (files, folders or globs) without rendering. Exit 0 if valid, 2 if not."""
-    from jobs.manifest import ManifestError
-    from jobs.validation import validated_manifests
+    from jobs.manifests.manifest import ManifestError
+    from jobs.manifests.validation import validated_manifests
 
     try:
         with _clear_errors(), validated_manifests(manifests, model, revision,
@@ -130,10 +130,10 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
         new_run) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
-    from jobs.jobrecord import JobMismatch
-    from jobs.manifest import ManifestError
-    from jobs.plan import Defaults
-    from jobs.run_lock import OutInUse
+    from jobs.storage.jobrecord import JobMismatch
+    from jobs.manifests.manifest import ManifestError
+    from jobs.plan.order import Defaults
+    from jobs.storage.run_lock import OutInUse
     from jobs.runner import RunConfig, run_job
     from jobs.storage import StorageError, open_storage
 
@@ -179,7 +179,7 @@ def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
     """Submit `csm-render run MANIFESTS --out OUT ...` as a Ray job. Local paths must exist on the cluster (a
     shared file system); s3:// ones always do. Prints the submission id."""
     from jobs.redact import redact
-    from jobs.submit import follow, submit as submit_job
+    from jobs.cluster.submit import follow, submit as submit_job
 
     try:
         job = submit_job(address, _run_args(ctx), submission_id, upload=not no_upload)
@@ -204,7 +204,7 @@ def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
 def _run_args(ctx: click.Context) -> list[str]:
     """`run`'s arguments for the values given to `submit`: options left at their defaults are left out, so the
     cluster's `run` applies its own defaults exactly as a local `run` would."""
-    from jobs.submit import cluster_path
+    from jobs.cluster.submit import cluster_path
 
     args = [cluster_path(m) for m in ctx.params["manifests"]]
     for param in ctx.command.params:
@@ -226,8 +226,8 @@ def _run_args(ctx: click.Context) -> list[str]:
 def status(out, manifests, s3_endpoint_url) -> None:
     """What OUT holds: conversations and turns done, failed and pending (pending needs MANIFESTS), audio hours,
     and the last error of each failed conversation."""
-    from jobs.manifest import validate_manifests
-    from jobs.remote_manifests import local_manifests
+    from jobs.manifests.manifest import validate_manifests
+    from jobs.manifests.remote import local_manifests
     from jobs.status import job_status
     from jobs.storage import open_storage
 
@@ -303,7 +303,7 @@ def bench_scaling(model, worker_counts, conversations, turns, max_audio_length_m
     """Throughput of one synthetic job with 1..N workers, as ratios to the first count (render phase only)."""
     import json
 
-    from jobs.bench_scaling import measure
+    from jobs.cluster.bench_scaling import measure
 
     try:
         counts = [int(c) for c in worker_counts.split(",") if c.strip()]

@@ -42,7 +42,7 @@ def local_model(model: str, endpoint_url: str | None = None, tokenizer_only: boo
 
 
 def _download(uri: str, final: Path, endpoint_url: str | None, patterns: list[str] | None) -> None:
-    from .storage_s3 import S3Storage
+    from jobs.storage.s3 import S3Storage
 
     storage = S3Storage(uri, endpoint_url=endpoint_url)
     keys = [k for k in storage.list() if patterns is None or any(fnmatch.fnmatch(k.rsplit("/", 1)[-1], p)

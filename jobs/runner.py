@@ -1,7 +1,7 @@
 """The driver of `csm-render run`: validate, plan, start Ray workers, follow their progress, summarize.
 
 Workers (Ray actors, each holding one loaded model) pull conversations from a queue actor and write their
-outputs straight to storage; the driver (jobs/driver.py) feeds the queue, counts the small events the workers
+outputs straight to storage; the driver (jobs/cluster/driver.py) feeds the queue, counts the small events the workers
 stream back, and replaces workers that die. Audio never passes through the driver.
 """
 
@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import layout
-from .jobrecord import check_job_record, ensure_job_record, fingerprint
-from .manifest import ConversationSpec, ManifestError
-from .outputs import OutputWriter, committed_turns
-from .plan import Defaults, WorkItem, plan
-from .progress import Progress
-from .run_lock import RunLock
-from .spool import build_spool
-from .storage import Storage, open_storage
-from .validation import validated_manifests
+from jobs.storage import layout
+from jobs.storage.jobrecord import check_job_record, ensure_job_record, fingerprint
+from jobs.manifests.manifest import ConversationSpec, ManifestError
+from jobs.storage.outputs import OutputWriter, committed_turns
+from jobs.plan.order import Defaults, WorkItem, plan
+from jobs.progress import Progress
+from jobs.storage.run_lock import RunLock
+from jobs.plan.spool import build_spool
+from jobs.storage import Storage, open_storage
+from jobs.manifests.validation import validated_manifests
 
 
 @dataclass
@@ -45,7 +45,7 @@ class RunConfig:
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs (or --device cuda), else 0
     max_attempts: int = 3  # a conversation leased to this many dying workers is failed
     watchdog_s: float = 900.0  # a worker holding conversations that commits nothing for this long is stopped
-    lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/run_lock.py)
+    lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/storage/run_lock.py)
 
 
 @dataclass
@@ -114,7 +114,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
 def planner(cfg: RunConfig, conversations: list[ConversationSpec] | None = None):
     """Validate the job's manifests, then yield `plan(committed) -> work`: what is left to render, in plan order
     (longest first), one chunk of conversations at a time (see Work). Manifests are validated and planned by
-    record batches, spilled to a scratch folder (jobs/spool.py), so the driver never holds a whole manifest."""
+    record batches, spilled to a scratch folder (jobs/plan/spool.py), so the driver never holds a whole manifest."""
     if conversations is not None:
         yield lambda committed: in_memory_work(conversations, committed)
         return
@@ -127,7 +127,7 @@ def planner(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
 
 @dataclass
 class Work:
-    """What is left to render, as the driver sees it (jobs.spool.Spool has the same shape): counts, and the planned
+    """What is left to render, as the driver sees it (jobs.plan.spool.Spool has the same shape): counts, and the planned
     conversations a chunk at a time."""
     conversations: int
     already_complete: int
@@ -174,8 +174,8 @@ def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter,
     """Render `work` on Ray; `check` raises to stop the job (OUT's lease lost)."""
     import ray
 
-    from .driver import Driver
-    from .ray_pool import init_address, plan_workers, start_feeder
+    from jobs.cluster.driver import Driver
+    from jobs.cluster.ray_pool import init_address, plan_workers, start_feeder
 
     owns_ray = not ray.is_initialized()
     if owns_ray:

@@ -12,12 +12,12 @@ from functools import partial
 import numpy as np
 import pyarrow.parquet as pq
 
-from . import layout
-from .jobrecord import read_job_record
-from .outputs import TurnSet, committed_turns
-from .run_lock import is_stale, read_holder
-from .spool import conversation_totals
-from .storage import Storage
+from jobs.storage import layout
+from jobs.storage.jobrecord import read_job_record
+from jobs.storage.outputs import TurnSet, committed_turns
+from jobs.storage.run_lock import is_stale, read_holder
+from jobs.plan.spool import conversation_totals
+from jobs.storage import Storage
 
 READERS = 16  # metadata and commit records read at once by `status` (each a round trip on S3)
 
@@ -33,7 +33,7 @@ class JobStatus:
     turns_pending: int | None = None
     audio_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
-    running: str | None = None  # the run holding OUT's lease, described (jobs/run_lock.py)
+    running: str | None = None  # the run holding OUT's lease, described (jobs/storage/run_lock.py)
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
@@ -54,7 +54,7 @@ class JobStatus:
 
 def job_status(storage: Storage, manifest_files: list[str] | None = None) -> JobStatus:
     """What OUT holds; with the job's (validated) manifest files, also what is pending. The manifests are summed
-    per conversation by record batches (jobs.spool.conversation_totals), never loaded whole."""
+    per conversation by record batches (jobs.plan.spool.conversation_totals), never loaded whole."""
     status = JobStatus(out=storage.url, fingerprint=(read_job_record(storage) or {}).get("fingerprint"))
     holder, now = read_holder(storage), time.time()
     if holder is not None and not holder.released:

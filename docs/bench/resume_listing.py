@@ -1,15 +1,15 @@
 """Peak memory and time of reading a resumed job's commit records: 40,000 conversations x 100 turns.
 
 `python docs/bench/resume_listing.py before` runs the previous algorithm (whole listing, a set per conversation),
-`... after` runs jobs.outputs.committed_turns (streamed listing, TurnSet). Figures in docs/BENCHMARKS.md.
+`... after` runs jobs.storage.outputs.committed_turns (streamed listing, TurnSet). Figures in docs/BENCHMARKS.md.
 """
 import resource
 import sys
 import time
 from collections import defaultdict
 
-from jobs import layout
-from jobs.outputs import committed_turns
+from jobs.storage import layout
+from jobs.storage.outputs import committed_turns
 
 CONVS, TURNS = 40_000, 100
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from csm_worker.requests import RenderedTurn
-from jobs.outputs import OutputWriter
+from jobs.storage.outputs import OutputWriter
 from jobs.status import job_status
 from jobs.storage import LocalStorage
 

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from jobs import layout
-from jobs.plan import turn_seed
+from jobs.storage import layout
+from jobs.plan.order import turn_seed
 from jobs.storage import TMP_PREFIX
 
 pytestmark = pytest.mark.slow
@@ -401,8 +401,8 @@ def test_resume_renders_the_turn_as_the_first_run_did(first, resumed):
 # --- a failing conversation, through run_job -----------------------------------------------------------------------
 
 def test_failing_conversation_is_recorded_then_resumed(tmp_path, ray_session):
-    from jobs.manifest import ConversationSpec, TurnSpec
-    from jobs.plan import Defaults
+    from jobs.manifests.manifest import ConversationSpec, TurnSpec
+    from jobs.plan.order import Defaults
     from jobs.runner import RunConfig, run_job
 
     prompt = tmp_path / "late.wav"  # written only before the second run
@@ -439,8 +439,8 @@ def test_failing_conversation_is_recorded_then_resumed(tmp_path, ray_session):
 
 
 def test_conversations_of_a_dead_worker_are_recorded(tmp_path, ray_session):
-    from jobs.manifest import ConversationSpec, TurnSpec
-    from jobs.plan import Defaults
+    from jobs.manifests.manifest import ConversationSpec, TurnSpec
+    from jobs.plan.order import Defaults
     from jobs.runner import RunConfig, run_job
 
     out = tmp_path / "out"
@@ -457,9 +457,9 @@ def test_conversations_of_a_dead_worker_are_recorded(tmp_path, ray_session):
 def test_a_run_that_loses_its_lease_stops(tmp_path, ray_session, monkeypatch):
     # Another run takes OUT over (as one would after this run went unheard for the ttl): this run stops with
     # LeaseLost instead of rendering on beside it, and does not mark the new holder's record released.
-    from jobs import run_lock
-    from jobs.manifest import ConversationSpec, TurnSpec
-    from jobs.plan import Defaults
+    from jobs.storage import run_lock
+    from jobs.manifests.manifest import ConversationSpec, TurnSpec
+    from jobs.plan.order import Defaults
     from jobs.runner import RunConfig, run_job
 
     monkeypatch.setattr(run_lock, "RENEW_S", 0.1)

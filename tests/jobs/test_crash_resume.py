@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from jobs import layout
+from jobs.storage import layout
 from jobs.storage import TMP_PREFIX
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from jobs import layout
-from jobs.manifest import ConversationSpec, TurnSpec
-from jobs.plan import Defaults
+from jobs.storage import layout
+from jobs.manifests.manifest import ConversationSpec, TurnSpec
+from jobs.plan.order import Defaults
 from jobs.runner import RunConfig, run_job
 from jobs.storage import TMP_PREFIX
 

@@ -1,4 +1,4 @@
-"""The work queue with leases (jobs/feeder.py), without Ray: what each worker gets, what a dead worker's
+"""The work queue with leases (jobs/cluster/feeder.py), without Ray: what each worker gets, what a dead worker's
 conversations become, and the attempt limit that fails a conversation which keeps killing its workers while the
 conversations that merely shared a worker with it complete."""
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from jobs.feeder import Feeder
+from jobs.cluster.feeder import Feeder
 
 
 @dataclass
-class Item:  # stands for a jobs.plan.WorkItem: the feeder only reads conversation_id
+class Item:  # stands for a jobs.plan.order.WorkItem: the feeder only reads conversation_id
     conversation_id: str
 
 
@@ -127,7 +127,7 @@ def test_drain_returns_everything_unfinished_and_empties_the_queue():
 
 def test_activity_reports_holders_and_when_they_last_took_or_finished(monkeypatch):
     clock = iter([10.0, 20.0, 30.0])
-    monkeypatch.setattr("jobs.feeder.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("jobs.cluster.feeder.time.monotonic", lambda: next(clock))
     f = Feeder()
     f.put(items("a", "b"))
     taken(f.take("w1"))  # t=10
@@ -140,7 +140,7 @@ def test_asking_and_getting_nothing_is_not_activity(monkeypatch):
     """A worker holding a conversation it never finishes, asking again and again while nothing is ready for it,
     has stalled: its asks must not keep the watchdog off."""
     clock = iter([10.0, 20.0, 30.0, 40.0])
-    monkeypatch.setattr("jobs.feeder.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("jobs.cluster.feeder.time.monotonic", lambda: next(clock))
     f = Feeder()
     f.put(items("a"))
     taken(f.take("w1"))  # t=10

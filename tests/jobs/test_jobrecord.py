@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from jobs import layout
-from jobs.jobrecord import JobMismatch, ensure_job_record, fingerprint, project_version, read_job_record
-from jobs.plan import Defaults
+from jobs.storage import layout
+from jobs.storage.jobrecord import JobMismatch, ensure_job_record, fingerprint, project_version, read_job_record
+from jobs.plan.order import Defaults
 from jobs.storage import LocalStorage
 
 
@@ -89,7 +89,7 @@ def test_new_run_on_an_empty_out_just_writes_the_record(storage):
 
 
 def test_weights_hash_is_recorded_then_enforced(storage):
-    from jobs.jobrecord import check_weights
+    from jobs.storage.jobrecord import check_weights
 
     ensure_job_record(storage, fp())
     check_weights(storage, "abc123")

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 
-import jobs.manifest_audio
-from jobs.manifest import (ManifestError, Problem, expand_manifest_paths, load_conversations,
+import jobs.manifests.audio
+from jobs.manifests.manifest import (ManifestError, Problem, expand_manifest_paths, load_conversations,
                            validate_manifests)
 
 
@@ -204,8 +204,8 @@ def test_s3_audio_is_accepted_unchecked_and_other_schemes_are_not(tmp_path):
 def test_each_distinct_audio_file_is_probed_once(tmp_path, monkeypatch):
     write_wav(tmp_path / "voice.wav")
     calls = []
-    real_info = jobs.manifest_audio.soundfile.info
-    monkeypatch.setattr(jobs.manifest_audio.soundfile, "info", lambda p: calls.append(p) or real_info(p))
+    real_info = jobs.manifests.audio.soundfile.info
+    monkeypatch.setattr(jobs.manifests.audio.soundfile, "info", lambda p: calls.append(p) or real_info(p))
     first = write(tmp_path / "a.parquet", **turns("c1", audio=["voice.wav", None, "./voice.wav"]))
     second = write(tmp_path / "b.parquet", **turns("c2", audio=[str(tmp_path / "voice.wav"), None, None]))
     assert validate_manifests([first, second]).ok
@@ -445,7 +445,7 @@ def test_large_and_view_strings_are_accepted(tmp_path):
 
 
 def test_rows_spanning_several_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr("jobs.manifest.BATCH_ROWS", 4)
+    monkeypatch.setattr("jobs.manifests.manifest.BATCH_ROWS", 4)
     backwards = list(range(9, -1, -1))
     bad = write(tmp_path / "bad.parquet", **turns("c1", n=10, turn_index=backwards, speaker=[0] * 8 + [-1, 0]))
     problem = only_problem(validate_manifests([bad]))

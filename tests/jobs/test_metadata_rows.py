@@ -8,10 +8,10 @@ import io
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import layout
-from jobs.driver import Driver
-from jobs.outputs import OutputWriter, committed_turns
-from jobs.manifest import ConversationSpec, TurnSpec
+from jobs.storage import layout
+from jobs.cluster.driver import Driver
+from jobs.storage.outputs import OutputWriter, committed_turns
+from jobs.manifests.manifest import ConversationSpec, TurnSpec
 from jobs.runner import Summary, in_memory_work, repair_metadata
 from jobs.storage import LocalStorage
 from tests.jobs.test_outputs import rendered

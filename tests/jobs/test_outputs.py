@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 from csm_worker.requests import RenderedTurn
-from jobs import layout
-from jobs.outputs import (METADATA_SCHEMA, OutputWriter, TurnSet, codes_from_bytes, codes_to_bytes,
+from jobs.storage import layout
+from jobs.storage.outputs import (METADATA_SCHEMA, OutputWriter, TurnSet, codes_from_bytes, codes_to_bytes,
                           committed_turns)
 from jobs.storage import LocalStorage, ObjectExists
 

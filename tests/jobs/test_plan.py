@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.manifest import ConversationSpec, TurnSpec
-from jobs.plan import Defaults, WorkItem, plan, settings_for, turn_seed
+from jobs.manifests.manifest import ConversationSpec, TurnSpec
+from jobs.plan.order import Defaults, WorkItem, plan, settings_for, turn_seed
 
 
 def conv(cid: str, *texts: str, given: tuple[int, ...] = ()) -> ConversationSpec:

@@ -1,10 +1,10 @@
-"""How many render workers a job starts and what each asks Ray for (jobs.ray_pool.worker_plan)."""
+"""How many render workers a job starts and what each asks Ray for (jobs.cluster.ray_pool.worker_plan)."""
 
 from __future__ import annotations
 
 import pytest
 
-from jobs.ray_pool import worker_plan, worker_device
+from jobs.cluster.ray_pool import worker_plan, worker_device
 from jobs.runner import RunConfig
 
 

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.manifest import ManifestError, load_conversations, validate_manifests
-from jobs.remote_manifests import local_manifests
-from jobs.spool import build_spool
+from jobs.manifests.manifest import ManifestError, load_conversations, validate_manifests
+from jobs.manifests.remote import local_manifests
+from jobs.plan.spool import build_spool
 
 
 def put_manifest(raw, bucket, key, rows):

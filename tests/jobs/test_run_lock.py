@@ -1,4 +1,4 @@
-"""OUT's lease (jobs/run_lock.py): one run per OUT, on a local folder and on S3 (moto's server on loopback)."""
+"""OUT's lease (jobs/storage/run_lock.py): one run per OUT, on a local folder and on S3 (moto's server on loopback)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from jobs import layout, run_lock
-from jobs.run_lock import Lease, LeaseLost, OutInUse, RunLock, read_holder
+from jobs.storage import layout, run_lock
+from jobs.storage.run_lock import Lease, LeaseLost, OutInUse, RunLock, read_holder
 from jobs.storage import LocalStorage, StorageError, open_storage
 
 

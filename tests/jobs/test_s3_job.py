@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from .s3_faults import FAULTS, FaultyS3Proxy
-from jobs import layout
+from jobs.storage import layout
 
 from .test_crash_resume import (EXPECTED, JOB_ARGS, assert_same_audio, check_complete_out, check_crash_state,
                                 codes_in, commits_in, kill_run, read_local_out, status_counts, turns_rendered,
@@ -126,7 +126,7 @@ def test_s3_rerun_renders_and_writes_nothing(first, cli, manifest, endpoint, s3,
     assert "6 already complete" in result.stdout
     assert counting.requests, "the re-run did not go through the proxy"
     writes = [r for r in counting.requests if r[0] in WRITES]
-    # The one thing a re-run writes is OUT's lease (jobs/run_lock.py): the next generation taken, the first run's
+    # The one thing a re-run writes is OUT's lease (jobs/storage/run_lock.py): the next generation taken, the first run's
     # released record deleted, the new one marked released at the end.
     assert writes and [r for r in writes if "/job1/locks/" not in r[1]] == []
     outputs = lambda objects: {k: v for k, v in objects.items() if not k.startswith("job1/locks/")}

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import jobs.spool
-from jobs.manifest import load_conversations, validate_manifests
-from jobs.plan import plan
-from jobs.remote_manifests import Localized
-from jobs.spool import build_spool
+import jobs.plan.spool
+from jobs.manifests.manifest import load_conversations, validate_manifests
+from jobs.plan.order import plan
+from jobs.manifests.remote import Localized
+from jobs.plan.spool import build_spool
 
 
 def write(path, **columns) -> str:
@@ -218,8 +218,8 @@ def test_chunks_are_read_one_at_a_time(tmp_path, monkeypatch):
     paths = random_manifest(tmp_path / "m", random.Random(4))
     spool, _ = spooled(paths, {}, tmp_path / "spool", chunk_conversations=10, buffer_bytes=1)
     read = []
-    real = jobs.spool.Spool._read_chunk
-    monkeypatch.setattr(jobs.spool.Spool, "_read_chunk", lambda self, chunk, runs: read.append(chunk) or
+    real = jobs.plan.spool.Spool._read_chunk
+    monkeypatch.setattr(jobs.plan.spool.Spool, "_read_chunk", lambda self, chunk, runs: read.append(chunk) or
                         real(self, chunk, runs))
     chunks = spool.chunks()
     first = next(chunks)
@@ -231,7 +231,7 @@ def test_chunks_are_read_one_at_a_time(tmp_path, monkeypatch):
 
 
 def test_run_readers_stay_under_the_open_file_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs.spool, "MAX_OPEN_RUNS", 2)
+    monkeypatch.setattr(jobs.plan.spool, "MAX_OPEN_RUNS", 2)
     paths = random_manifest(tmp_path / "m", random.Random(5))
     assert_same_plan(paths, {}, tmp_path / "spool", chunk_conversations=5, buffer_bytes=1)
 
@@ -244,8 +244,8 @@ def test_chunk_size_must_be_positive(tmp_path):
 
 def test_small_batches_and_frequent_merges_of_the_sums(tmp_path, monkeypatch):
     # Conversations split over many record batches within a file, and per-conversation sums merged as they go.
-    monkeypatch.setattr(jobs.spool, "BATCH_ROWS", 16)
-    monkeypatch.setattr(jobs.spool, "_MERGE_ROWS", 10)
+    monkeypatch.setattr(jobs.plan.spool, "BATCH_ROWS", 16)
+    monkeypatch.setattr(jobs.plan.spool, "_MERGE_ROWS", 10)
     rng = random.Random(6)
     paths = random_manifest(tmp_path / "m", rng, files=2)
     spool, _ = assert_same_plan(paths, random_committed(paths, rng), tmp_path / "spool", chunk_conversations=4,

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import storage as storage_mod
+from jobs.storage import base as storage_mod
 from jobs.storage import LocalStorage, Storage, StorageError, check_key, open_storage
 
 

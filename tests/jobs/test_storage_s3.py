@@ -9,9 +9,9 @@ import botocore.exceptions as bex
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from jobs import layout
+from jobs.storage import layout
 from jobs.storage import StorageError, open_storage
-from jobs.storage_s3 import MiB, S3Storage, read_uri_bytes
+from jobs.storage.s3 import MiB, S3Storage, read_uri_bytes
 
 from .conftest import ACCESS_KEY, SECRET_KEY
 
@@ -289,7 +289,7 @@ def test_commit_records_on_s3_are_create_only(bucket):
     import numpy as np
 
     from csm_worker.requests import RenderedTurn
-    from jobs.outputs import OutputWriter
+    from jobs.storage.outputs import OutputWriter
     from jobs.storage import StorageError
 
     writer = OutputWriter(fast(f"s3://{bucket}/job"), "wav", "m")

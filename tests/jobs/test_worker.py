@@ -6,18 +6,18 @@ import threading
 
 import pytest
 
-from jobs import layout
-from jobs.feeder import Feeder
-from jobs.manifest import ConversationSpec, TurnSpec
-from jobs.plan import Defaults, WorkItem
+from jobs.storage import layout
+from jobs.cluster.feeder import Feeder
+from jobs.manifests.manifest import ConversationSpec, TurnSpec
+from jobs.plan.order import Defaults, WorkItem
 from jobs.storage import LocalStorage
-from jobs.worker import RenderWorker
+from jobs.cluster.worker import RenderWorker
 
 HANG_S = 300  # far beyond a few 5-frame turns on CPU: only a worker that never ends gets there
 
 
 class FeederFeed:
-    """What jobs.ray_pool.RayFeed does for a Ray actor: one worker's view of the shared Feeder."""
+    """What jobs.cluster.ray_pool.RayFeed does for a Ray actor: one worker's view of the shared Feeder."""
 
     def __init__(self, feeder: Feeder, worker: str):
         self.feeder, self.worker = feeder, worker

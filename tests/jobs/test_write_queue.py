@@ -3,7 +3,7 @@
 import threading
 import time
 
-from jobs.write_queue import WriteQueue
+from jobs.storage.write_queue import WriteQueue
 
 
 def test_writes_of_one_key_run_in_order_and_drain_waits_for_them():

@@ -14,7 +14,7 @@ import time
 
 
 def install() -> None:
-    from jobs import worker
+    from jobs.cluster import worker
 
     original = worker.RenderWorker._request
 

@@ -29,8 +29,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
-from . import layout
-from .storage import ObjectExists, Storage
+from jobs.storage import layout
+from jobs.storage import ObjectExists, Storage
 
 TTL_S = 120.0  # a lease not renewed for this long is abandoned
 RENEW_S = 20.0

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from csm_worker.audio import audio_extension, audio_sha256, encode_audio
 from csm_worker.requests import RenderedTurn
 
-from . import layout
-from .storage import ObjectExists, Storage
+from jobs.storage import layout
+from jobs.storage import ObjectExists, Storage
 
 METADATA_SCHEMA = pa.schema([
     ("conversation_id", pa.string()),

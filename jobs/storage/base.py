@@ -236,7 +236,7 @@ def open_storage(out: str | os.PathLike, s3_endpoint_url: str | None = None) -> 
     if not out:
         raise ValueError("output location is empty: give a folder path or an s3://bucket/prefix URL")
     if out.startswith("s3://"):
-        from .storage_s3 import S3Storage  # imported here so boto3 loads only when S3 is used
+        from jobs.storage.s3 import S3Storage  # imported here so boto3 loads only when S3 is used
 
         return S3Storage(out, endpoint_url=s3_endpoint_url)
     if out.startswith("file://"):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .storage import TMP_PREFIX
+from jobs.storage import TMP_PREFIX
 
 ID_CHARS = "letters, digits, '.', '_' or '-'"
 _ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"

@@ -12,8 +12,8 @@ import ray
 from ray.util.metrics import Counter, Gauge
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .feeder import Feeder
-from .worker import RenderWorker
+from jobs.cluster.feeder import Feeder
+from jobs.cluster.worker import RenderWorker
 
 _ids = itertools.count()
 

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 from csm_worker.loading import text_encoder_for
 
-from .manifest import ManifestError, validate_manifests
-from .model_source import local_model
-from .remote_manifests import local_manifests
+from jobs.manifests.manifest import ManifestError, validate_manifests
+from jobs.model_source import local_model
+from jobs.manifests.remote import local_manifests
 
 
 @contextmanager

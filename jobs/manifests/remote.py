@@ -51,7 +51,7 @@ def local_manifests(args: list[str], endpoint_url: str | None = None):
 
 
 def _download(uri: str, folder: str, endpoint_url: str | None, roots: dict[str, str]) -> str:
-    from .storage_s3 import S3Storage
+    from jobs.storage.s3 import S3Storage
 
     prefix, _, name = uri.rstrip("/").rpartition("/")
     single = name.endswith(".parquet")

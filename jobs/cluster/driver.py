@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import ray
 
-from .jobrecord import check_weights
-from .outputs import OutputWriter
-from .progress import Progress
-from .ray_pool import start_worker
+from jobs.storage.jobrecord import check_weights
+from jobs.storage.outputs import OutputWriter
+from jobs.progress import Progress
+from jobs.cluster.ray_pool import start_worker
 
 REFILL_EVERY_S = 0.5  # how often the queue depth is checked (each check is a round trip to the queue actor)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .manifest import ConversationSpec, TurnSpec
+from jobs.manifests.manifest import ConversationSpec, TurnSpec
 
 
 @dataclass(frozen=True)

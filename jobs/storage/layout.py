@@ -6,7 +6,7 @@
     OUT/commits/<conversation_id>/<turn>.json     commit record, written last: the turn is done iff it exists
     OUT/metadata/<conversation_id>.parquet        one row per committed turn of a finished (or failed) conversation
     OUT/failures/<conversation_id>.json           why a conversation failed (removed when it later succeeds)
-    OUT/locks/<generation>.json                   the lease of the run writing OUT (jobs/run_lock.py)
+    OUT/locks/<generation>.json                   the lease of the run writing OUT (jobs/storage/run_lock.py)
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ from typing import Protocol
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
 
-from .jobrecord import read_job_record
-from .model_source import local_model
-from .outputs import OutputWriter
-from .plan import Defaults, WorkItem, settings_for
-from .storage import ObjectExists, open_storage
-from .write_queue import WriteQueue
+from jobs.storage.jobrecord import read_job_record
+from jobs.model_source import local_model
+from jobs.storage.outputs import OutputWriter
+from jobs.plan.order import Defaults, WorkItem, settings_for
+from jobs.storage import ObjectExists, open_storage
+from jobs.storage.write_queue import WriteQueue
 
 
 CPU_AUTO_BATCH = 32  # on CPU, throughput flattens out around here (docs/BENCHMARKS.md)
@@ -139,7 +139,7 @@ class RenderWorker:
     def _voice(self, location: str):
         """A given turn's recording, from a local path or an s3:// URI."""
         if location.startswith("s3://"):
-            from .storage_s3 import read_uri_bytes
+            from jobs.storage.s3 import read_uri_bytes
 
             return load_audio(read_uri_bytes(location, self.s3_endpoint_url), name=location)
         return load_audio(location)
@@ -205,7 +205,7 @@ def _turn_events(results: list) -> Iterator[dict]:
 
 
 class Feed(Protocol):
-    """Where a worker takes its conversations from (jobs.ray_pool.RayFeed: the job's queue actor)."""
+    """Where a worker takes its conversations from (jobs.cluster.ray_pool.RayFeed: the job's queue actor)."""
 
     def take(self) -> tuple[WorkItem, int] | None | bool:
         """(item, attempt); False: none ready yet; None: no more work."""

@@ -1,7 +1,7 @@
 """The manifest contract: Parquet rows of dialogue turns in, validated conversations out.
 
 Validation streams every file in record batches and keeps only compact per-turn integers across files
-(see manifest_turns), so it can check manifests far larger than memory. Loading builds Python objects for
+(see jobs.manifests.turns), so it can check manifests far larger than memory. Loading builds Python objects for
 every turn and is meant for jobs whose turns fit in memory.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.manifest_audio import AudioProbe, resolve_audio, scheme_problem
-from jobs.manifest_columns import (COLUMN_BY_NAME, COLUMN_ORDER, COLUMNS, Issue, check_columns, plain,
+from jobs.manifests.audio import AudioProbe, resolve_audio, scheme_problem
+from jobs.manifests.columns import (COLUMN_BY_NAME, COLUMN_ORDER, COLUMNS, Issue, check_columns, plain,
                                    type_problem)
-from jobs.manifest_turns import TurnIssue, TurnTracker
+from jobs.manifests.turns import TurnIssue, TurnTracker
 
 BATCH_ROWS = 65_536
 FRAME_MS = 80            # one Mimi frame, one backbone position

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 import tempfile
 
-from .manifest import ConversationSpec, TurnSpec
-from .plan import Defaults
-from .runner import RunConfig, run_job
+from jobs.manifests.manifest import ConversationSpec, TurnSpec
+from jobs.plan.order import Defaults
+from jobs.runner import RunConfig, run_job
 
 WORDS = ("the", "morning", "train", "was", "late", "again", "and", "we", "talked", "about", "coffee", "rain",
          "books", "music", "tomorrow", "quietly")

@@ -27,8 +27,8 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from .redact import redact
-from .storage import ObjectExists, Storage, StorageError, check_key
+from jobs.redact import redact
+from jobs.storage import ObjectExists, Storage, StorageError, check_key
 
 T = TypeVar("T")
 MiB = 1024 * 1024

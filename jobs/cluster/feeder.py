@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 @dataclass
 class Lease:
-    item: object  # a jobs.plan.WorkItem (kept opaque: the feeder only moves it around)
+    item: object  # a jobs.plan.order.WorkItem (kept opaque: the feeder only moves it around)
     attempts: int  # attempts so far, this one included
 
 

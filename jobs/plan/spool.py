@@ -1,6 +1,6 @@
 """A streaming planner: a manifest's work in plan order, one chunk of conversations at a time.
 
-jobs.plan.plan orders conversations that are all in memory as Python objects, a few hundred bytes per turn: too
+jobs.plan.order.plan orders conversations that are all in memory as Python objects, a few hundred bytes per turn: too
 much for the job driver when a manifest holds millions of turns. This module reaches the same order from small
 per-conversation sums, and spills the turns to a scratch folder so that only one chunk of conversations is ever
 built as ConversationSpecs (an external bucket sort):
@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .manifest import BATCH_ROWS, ConversationSpec, TurnSpec
-from .manifest_audio import resolve_audio
-from .manifest_columns import COLUMNS, plain
-from .plan import WorkItem
+from jobs.manifests.manifest import BATCH_ROWS, ConversationSpec, TurnSpec
+from jobs.manifests.audio import resolve_audio
+from jobs.manifests.columns import COLUMNS, plain
+from jobs.plan.order import WorkItem
 
 BUFFER_BYTES = 32 * 2**20   # rows held before a run is written; pass 2 peaks at about twice this
 MAX_OPEN_RUNS = 256         # run files chunks() keeps open at once, well under the usual limit of 1024 files
@@ -111,9 +111,9 @@ def build_spool(files: list[str], committed: dict[str, set[int]], folder: str, *
     """Plan the work of validated manifest `files` into `folder` (created if missing; the caller removes it).
 
     `committed`: turn indices already committed per conversation_id; kept by reference and read again as chunks
-    are built. `audio_name` maps each given turn's resolved audio path (as jobs.manifest resolves it, against the
+    are built. `audio_name` maps each given turn's resolved audio path (as jobs.manifests.manifest resolves it, against the
     folder of the file the row is in) to the name the workers will read, e.g. Localized.name.
-    Iterating the result's chunks() gives the items jobs.plan.plan(load_conversations(files), committed) would.
+    Iterating the result's chunks() gives the items jobs.plan.order.plan(load_conversations(files), committed) would.
     """
     if chunk_conversations < 1:
         raise ValueError(f"chunk_conversations must be at least 1, not {chunk_conversations}")

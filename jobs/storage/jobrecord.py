@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from importlib import metadata as importlib_metadata
 
-from . import layout
-from .storage import Storage
+from jobs.storage import layout
+from jobs.storage import Storage
 
 
 class JobMismatch(Exception):

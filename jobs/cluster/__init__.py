@@ -1,0 +1,1 @@
+"""Cluster: the Ray actors, the leased work queue they pull from, the driver loop that follows them, and submission."""
