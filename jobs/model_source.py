@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from csm_worker import checkpoint
 from csm_worker.loading import TOKENIZER_PATTERNS
 from csm_worker.presets import cache_root
 
@@ -42,11 +43,12 @@ def local_model(model: str, endpoint_url: str | None = None, tokenizer_only: boo
 
 
 def _download(uri: str, final: Path, endpoint_url: str | None, patterns: list[str] | None) -> None:
+    """The small files, then (unless `patterns` asks for less) only the weight files they name: a copy of the
+    hub repo keeps its original-layout `model.safetensors` and `ckpt.pt`, which are never loaded."""
     from jobs.storage.s3 import S3Storage
 
     storage = S3Storage(uri, endpoint_url=endpoint_url)
-    keys = [k for k in storage.list() if patterns is None or any(fnmatch.fnmatch(k.rsplit("/", 1)[-1], p)
-                                                                    for p in patterns)]
+    keys = storage.list()
     if "config.json" not in keys:
         from csm_worker.loading import ModelLoadError
 
@@ -54,12 +56,22 @@ def _download(uri: str, final: Path, endpoint_url: str | None, patterns: list[st
                              "hub format (config.json, *.safetensors, tokenizer files)")
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
-        for key in keys:
-            path = tmp.joinpath(*key.split("/"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            storage.download(key, str(path))
+        _fetch(storage, _matching(keys, patterns or checkpoint.SMALL_PATTERNS), tmp)
+        if patterns is None:
+            _fetch(storage, _matching(keys, checkpoint.weight_files(tmp)), tmp)
         (tmp / _COMPLETE).touch()
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _matching(keys: list[str], patterns: list[str]) -> list[str]:
+    return [k for k in keys if any(fnmatch.fnmatch(k, p) for p in patterns)]
+
+
+def _fetch(storage, keys: list[str], folder: Path) -> None:
+    for key in keys:
+        path = folder.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage.download(key, str(path))

@@ -71,3 +71,22 @@ def test_prefix_without_a_model_is_a_clear_error(raw, bucket, monkeypatch, tmp_p
 def test_other_models_pass_through():
     assert local_model("random:tiny") == "random:tiny"
     assert local_model("sesame/csm-1b") == "sesame/csm-1b"
+
+
+def test_a_copy_of_the_hub_repo_downloads_only_the_loaded_shards(raw, bucket, csm_cache, monkeypatch, tmp_path):
+    """An S3 copy of sesame/csm-1b as laid out on the hub (tests/hub_layout.py): its original-layout
+    model.safetensors and ckpt.pt (6.2 GB each in the real repo) and the prompts are never fetched."""
+    from tests.hub_layout import INDEX, ORIGINAL_FILES, SHARDS, write_hub_layout
+
+    repo = write_hub_layout(presets.preset_dir("random:tiny"), tmp_path / "sesame-csm-1b")
+    for path in repo.rglob("*"):
+        if path.is_file():
+            raw.put_object(Bucket=bucket, Key=f"models/csm-1b/{path.relative_to(repo).as_posix()}",
+                           Body=path.read_bytes())
+    monkeypatch.setenv("CSM_RENDER_CACHE", str(tmp_path / "node-cache"))
+    local = Path(local_model(f"s3://{bucket}/models/csm-1b/"))
+    names = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert set(SHARDS) | {INDEX, "config.json", "tokenizer.json"} <= names
+    assert not names & set(ORIGINAL_FILES) and not any(n.startswith("prompts/") for n in names)
+    loaded = load_csm_1b("cpu", str(local)).loaded
+    assert loaded.weights_hash == load_csm_1b("cpu", str(repo)).loaded.weights_hash
