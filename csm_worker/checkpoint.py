@@ -43,11 +43,11 @@ def weight_files(folder: Path) -> list[str]:
 
 
 def _shards(folder: Path, index_name: str) -> list[str]:
-    from .loading import ModelLoadError
+    from .loading import BadCheckpoint
 
     index = folder / index_name
     if not index.exists():
-        raise ModelLoadError(f"{folder} names {index_name} as its weights' index but has no such file: "
+        raise BadCheckpoint(f"{folder} names {index_name} as its weights' index but has no such file: "
                              f"the copy is incomplete; {HOW_TO_GET_TRANSFORMERS_FILES}")
     weight_map = json.loads(index.read_text()).get("weight_map") or {}
     return sorted(set(weight_map.values()))
@@ -61,16 +61,16 @@ def fetch_patterns(small_folder: Path) -> list[str]:
 def check_complete(folder: Path) -> list[str]:
     """The loaded weight files, after checking they are there and in the transformers layout; a folder
     holding only the original layout is refused with what to download instead."""
-    from .loading import ModelLoadError
+    from .loading import BadCheckpoint
 
     original = [n for n in ("ckpt.pt", SINGLE_FILE) if (folder / n).is_file() and is_original_layout(folder / n)]
     converted = [f for f in folder.glob("*.safetensors") if f.name not in original]
-    only_original = ModelLoadError(
+    only_original = BadCheckpoint(
         f"{folder} holds only the original (non-transformers) CSM weights ({', '.join(original)}), which this tool "
         f"does not convert (they lack the Mimi codec); {HOW_TO_GET_TRANSFORMERS_FILES}")
     try:
         names = weight_files(folder)
-    except ModelLoadError:  # the index is missing
+    except BadCheckpoint:  # the index is missing
         if original and not converted:
             raise only_original from None
         raise
@@ -78,11 +78,11 @@ def check_complete(folder: Path) -> list[str]:
     if missing and original and len(missing) == len(names):
         raise only_original
     if missing:
-        raise ModelLoadError(f"{folder} lacks weight file(s) {', '.join(missing)} named by its config or index: "
+        raise BadCheckpoint(f"{folder} lacks weight file(s) {', '.join(missing)} named by its config or index: "
                              f"the copy is incomplete; {HOW_TO_GET_TRANSFORMERS_FILES}")
     for name in names:
         if name in original:
-            raise ModelLoadError(f"{folder / name} is in the original (non-transformers) CSM layout, which this "
+            raise BadCheckpoint(f"{folder / name} is in the original (non-transformers) CSM layout, which this "
                                  f"tool does not convert; {HOW_TO_GET_TRANSFORMERS_FILES}")
     return names
 

@@ -25,6 +25,11 @@ class ModelLoadError(RuntimeError):
     """The model could not be found or loaded; the message says what to do."""
 
 
+class BadCheckpoint(ModelLoadError):
+    """The model's files are there but are not a whole CSM checkpoint in the transformers layout: retrying or
+    another worker cannot help, so a job stops at once (a download that failed is a plain ModelLoadError)."""
+
+
 @dataclass
 class LoadedModel:
     name: str  # what the user asked for (`--model`)
@@ -130,7 +135,7 @@ def check_loading_info(folder: Path, files: list[str], info: dict) -> None:
         return
     said = "; ".join(f"{len(keys)} {kind.replace('_', ' ')} (first: {', '.join(map(str, keys[:3]))})"
                      for kind, keys in problems)
-    raise ModelLoadError(f"the weights in {folder} ({', '.join(files)}) do not match a CSM model of its config.json:"
+    raise BadCheckpoint(f"the weights in {folder} ({', '.join(files)}) do not match a CSM model of its config.json:"
                          f" {said}. The copy may be incomplete or of another model; "
                          f"{checkpoint.HOW_TO_GET_TRANSFORMERS_FILES}")
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import ray
 
+from csm_worker.loading import BadCheckpoint
+
 from jobs.storage.jobrecord import check_weights
 from jobs.storage.outputs import OutputWriter
 from jobs.progress import Progress
@@ -112,6 +114,8 @@ class Driver:
         takes its place while there is work for it."""
         worker = self.workers.pop(stream)
         self.last_error = _last_line(error)
+        if not worker.ready:
+            _raise_bad_checkpoint(self.last_error)
         self.slots -= worker.slots  # the replacement adds its own when ready
         self.failed_starts += not worker.ready
         self.summary.workers_lost += 1
@@ -180,6 +184,14 @@ class Driver:
         ready = sum(w.ready for w in self.workers.values())
         starting = len(self.workers) - ready
         return f"workers {ready} rendering" + (f", {starting} starting" if starting else "")
+
+
+def _raise_bad_checkpoint(last_line: str) -> None:
+    """A worker that found the model's files unusable (incomplete, original layout, tensors that do not match):
+    every other worker would find the same, so the job stops before any work, as ModelLoadError (exit 2)."""
+    marker = f"{BadCheckpoint.__name__}: "
+    if marker in last_line:
+        raise BadCheckpoint(last_line.split(marker, 1)[1])
 
 
 def _last_line(e: Exception) -> str:

@@ -357,6 +357,32 @@ def test_changed_weights_under_the_same_model_are_refused_before_any_turn(tmp_pa
     assert sorted(p.relative_to(out) for p in (out / "commits").rglob("*.json")) == before
 
 
+
+def test_a_hub_layout_model_renders_and_a_broken_copy_stops_the_job_before_any_work(tmp_path, csm_render):
+    """A --model folder laid out as the real sesame/csm-1b repo (tests/hub_layout.py) renders; the same folder
+    with a tensor missing from a shard is refused by the worker (not random weights rendering noise): exit 2
+    naming the key, no conversation failed or committed, no retries over every worker."""
+    from safetensors.torch import load_file, save_file
+
+    from csm_worker import presets
+    from tests.hub_layout import SHARDS, write_hub_layout
+
+    model = write_hub_layout(presets.preset_dir("random:tiny"), tmp_path / "sesame-csm-1b")
+    args = ("--model", model, "--max-audio-length-ms", MAX_MS, "--batch-size", 2)
+    manifest = write_manifest(tmp_path / "m", [r for r in ROWS if r[0] == "short"])
+    ok(csm_render("run", manifest, "--out", tmp_path / "good", *args))
+
+    key = "backbone_model.layers.0.mlp.up_proj.weight"
+    tensors = load_file(model / SHARDS[0])
+    del tensors[key]
+    save_file(tensors, model / SHARDS[0], metadata={"format": "pt"})
+    out = tmp_path / "out"
+    result = csm_render("run", manifest, "--out", out, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"1 missing keys (first: {key})" in result.stderr and "Traceback" not in result.stderr.splitlines()[-1]
+    assert not list(out.glob("failures/*")) and not list(out.glob("commits/**/*.json"))
+
+
 # --- resuming a partly committed job -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
