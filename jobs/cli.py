@@ -69,7 +69,7 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3
         with _clear_errors(), validated_manifests(manifests, model, revision,
                                                   default_max_audio_length_ms=max_audio_length_ms,
                                                   check_audio=not no_audio_check,
-                                                  s3_endpoint_url=s3_endpoint_url) as (report, _):
+                                                  s3_endpoint_url=s3_endpoint_url, need_model=False) as (report, _):
             pass
     except ModelLoadError as e:
         _fail(str(e))

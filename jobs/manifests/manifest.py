@@ -11,7 +11,7 @@ import heapq
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -88,6 +88,7 @@ class ValidationReport:
     given_turns: int
     speakers: int                     # distinct speaker ids
     ignored_columns: list[str]
+    notes: list[str] = field(default_factory=list)  # checks that could not run, and why
 
     @property
     def ok(self) -> bool:
@@ -99,7 +100,7 @@ class ValidationReport:
                 f"{_plural(self.speakers, 'speaker')}")
         if self.ignored_columns:
             text += f"; ignored columns: {', '.join(self.ignored_columns)}"
-        return text
+        return "\n".join([text, *self.notes])
 
 
 class ManifestError(Exception):

@@ -1,28 +1,51 @@
 """Validating a job's manifests as `validate` and `run` both do: local or copied from S3, text positions counted
-with the model's own tokenizer, problems named by the file the user gave (its S3 URI for a copy)."""
+with the model's own tokenizer, problems named by the file the user gave (its S3 URI for a copy).
+
+The structural checks (files, columns, types, ids, turn indices, sampling values, given audio) need no model and
+always run; the window-length check needs the tokenizer. Without one (offline, no hub access, no local copy),
+`validate` still reports every structural problem and says in one line that the window check was skipped;
+`run` reports the manifest's problems first, then that it needs the model."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-from csm_worker.loading import text_encoder_for
+from csm_worker.loading import ModelLoadError, text_encoder_for
 
 from jobs.manifests.manifest import ManifestError, validate_manifests
 from jobs.model_source import local_model
 from jobs.manifests.remote import local_manifests
 
+WINDOW_CHECK_SKIPPED = ("window-length check skipped: the tokenizer of {model} is not available ({reason}). "
+                        "Enable it with --model pointing at a local copy of the model (or a random:* preset), "
+                        "or with access to the hub.")
+
 
 @contextmanager
 def validated_manifests(args: list[str], model: str, revision: str | None = None, *,
                         default_max_audio_length_ms: int = 10_000, check_audio: bool = True,
-                        s3_endpoint_url: str | None = None):
+                        s3_endpoint_url: str | None = None, need_model: bool = True):
     """Yields (report, localized) for valid manifests; the local copies of S3 manifests live until the block
-    ends. Raises ManifestError listing every problem, ModelLoadError when the tokenizer cannot be had."""
-    encoder = text_encoder_for(local_model(model, s3_endpoint_url, tokenizer_only=True), revision)
+    ends. Raises ManifestError listing every problem; ModelLoadError when the tokenizer cannot be had and
+    `need_model` (after the structural problems, if any, were raised as ManifestError)."""
+    try:
+        encoder, unavailable = text_encoder_for(local_model(model, s3_endpoint_url, tokenizer_only=True),
+                                                revision), None
+    except ModelLoadError as e:
+        encoder, unavailable = None, e
     with local_manifests(list(args), s3_endpoint_url) as local:
-        report = validate_manifests(local.args, text_positions=encoder.counter(),
+        report = validate_manifests(local.args, text_positions=encoder.counter() if encoder else None,
                                     default_max_audio_length_ms=default_max_audio_length_ms,
                                     check_audio=check_audio and not local.has_remote)
         if not report.ok:
             raise ManifestError(local.problems(report.problems))
+        if unavailable is not None:
+            if need_model:
+                raise unavailable
+            report.notes.append(WINDOW_CHECK_SKIPPED.format(model=model, reason=_first_clause(unavailable)))
         yield report, local
+
+
+def _first_clause(error: Exception) -> str:
+    """The cause without the advice that follows it (the notice gives its own)."""
+    return str(error).split(":", 1)[0].strip()
