@@ -60,13 +60,18 @@ def main() -> None:
               help="Default longest turn, used where a row has no max_audio_length_ms.")
 @click.option("--no-audio-check", is_flag=True, help="Do not open given audio files.")
 @click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// manifests.")
-def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3_endpoint_url) -> None:
+@click.option("--voices", default=None, help="Also check this cast (as `run --voices`): its rows, recordings "
+              "and that its prompts fit each conversation's window.")
+def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3_endpoint_url, voices) -> None:
     """Check MANIFESTS (files, folders or globs) without rendering. Exit 0 if valid, 2 if not."""
     from jobs.manifests.manifest import ManifestError
     from jobs.manifests.validation import validated_manifests
+    from jobs.manifests.voices import read_cast
 
     try:
-        with _clear_errors(), validated_manifests(manifests, model, revision,
+        with _clear_errors():
+            cast = read_cast(voices, s3_endpoint_url) if voices else None
+        with _clear_errors(), validated_manifests(manifests, model, revision, cast=cast,
                                                   default_max_audio_length_ms=max_audio_length_ms,
                                                   check_audio=not no_audio_check,
                                                   s3_endpoint_url=s3_endpoint_url, need_model=False) as (report, _):
@@ -77,6 +82,8 @@ def validate(manifests, model, revision, max_audio_length_ms, no_audio_check, s3
         _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(report.summary())
+    for line in cast.describe() if cast else []:
+        click.echo(f"cast: {line}")
 
 
 _JOB_OPTIONS = [
@@ -111,6 +118,8 @@ _JOB_OPTIONS = [
     click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
                  "their own seed derive one from it, the conversation and the turn index."),
     click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew."),
+    click.option("--voices", default=None, help="The job's cast: a Parquet file or folder (local or s3://) of "
+                 "speaker, text, audio[, name, order] rows; each conversation starts with its speakers' prompts."),
 ]
 
 
@@ -128,7 +137,7 @@ def job_options(command):
                    "local Ray).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
-        new_run) -> None:
+        new_run, voices) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.storage.jobrecord import JobMismatch
     from jobs.manifests.manifest import ManifestError
@@ -145,6 +154,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     gpus_per_worker=gpus_per_worker, max_attempts=max_attempts, watchdog_s=watchdog_s,
                     lock_wait_s=lock_wait_s,
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
+                    voices=voices,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
     try:
         open_storage(out, s3_endpoint_url)
@@ -213,7 +223,7 @@ def _run_args(ctx: click.Context) -> list[str]:
         value = ctx.params[param.name]
         if value == param.default or value is None:
             continue
-        if param.name == "out":
+        if param.name in ("out", "voices"):
             value = cluster_path(value)
         args += [param.opts[0]] if getattr(param, "is_flag", False) else [param.opts[0], str(value)]
     return args

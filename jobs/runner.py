@@ -24,6 +24,7 @@ from jobs.storage.run_lock import RunLock
 from jobs.plan.spool import build_spool
 from jobs.storage import Storage, open_storage
 from jobs.manifests.validation import validated_manifests
+from jobs.manifests.voices import Cast, read_cast
 
 
 @dataclass
@@ -46,6 +47,8 @@ class RunConfig:
     max_attempts: int = 3  # a conversation leased to this many dying workers is failed
     watchdog_s: float = 900.0  # a worker holding conversations that commits nothing for this long is stopped
     lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/storage/run_lock.py)
+    voices: str | None = None  # --voices: the cast file or folder
+    cast: Cast | None = None  # read from `voices` by run_job; the workers get it with the config
 
 
 @dataclass
@@ -84,16 +87,19 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     """Render the job: the manifests of `cfg` (validated first: ManifestError lists every problem and nothing is
     written), or the given conversations (tests, the Python API)."""
     started = time.monotonic()
+    if cfg.voices and cfg.cast is None:
+        cfg.cast = read_cast(cfg.voices, cfg.s3_endpoint_url)  # ManifestError, like the manifests' problems
     with planner(cfg, conversations) as plan_work:
         storage = open_storage(cfg.out, cfg.s3_endpoint_url)
-        fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict())
+        fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict(),
+                         cfg.cast.hash if cfg.cast else None)
         if not cfg.new_run:
             check_job_record(storage, fp)  # refuse other settings before touching OUT, the lease included
         with RunLock(storage, wait_s=cfg.lock_wait_s) as lock:
             storage.remove_leftovers(layout.FOLDERS)  # what writes of a killed run left: this run alone holds OUT
             if cfg.new_run:
                 clear_previous_run(storage)
-            ensure_job_record(storage, fp, new_run=cfg.new_run)
+            ensure_job_record(storage, fp, new_run=cfg.new_run, cast=cast_record(cfg.cast))
             committed = committed_turns(storage)
             work = plan_work(committed)
             writer = OutputWriter(storage, cfg.audio_format, cfg.model)
@@ -119,6 +125,7 @@ def planner(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
         yield lambda committed: in_memory_work(conversations, committed)
         return
     with validated_manifests(cfg.manifests, cfg.model, cfg.revision, s3_endpoint_url=cfg.s3_endpoint_url,
+                             cast=cfg.cast,
                              default_max_audio_length_ms=cfg.defaults.max_audio_length_ms,
                              check_audio=cfg.check_audio) as (report, manifests):
         with tempfile.TemporaryDirectory(prefix="csm-render-plan-") as scratch:
@@ -144,6 +151,14 @@ def in_memory_work(conversations: list[ConversationSpec], committed: dict[str, s
     return Work(len(conversations), complete, len(items), sum(len(w.remaining) for w in items),
                 chunks=lambda: (items[i : i + chunk] for i in range(0, len(items), chunk)),
                 complete_ids=lambda: (c.conversation_id for c in conversations if c.conversation_id not in pending))
+
+
+def cast_record(cast: Cast | None) -> list[dict] | None:
+    """The cast as the job record keeps it for `status`: who each voice is, and its hash."""
+    if cast is None:
+        return None
+    return [{"speaker": v.speaker, "name": v.name, "hash": v.hash, "prompts": len(v.prompts)}
+            for v in sorted(cast.voices.values(), key=lambda v: v.speaker)]
 
 
 def clear_previous_run(storage: Storage) -> None:

@@ -34,6 +34,7 @@ class JobStatus:
     audio_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
     running: str | None = None  # the run holding OUT's lease, described (jobs/storage/run_lock.py)
+    cast: list[dict] = field(default_factory=list)  # the job's voices (--voices), from the job record
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
@@ -42,6 +43,9 @@ class JobStatus:
         if self.fingerprint:
             fp = self.fingerprint
             lines.append(f"model: {fp.get('model')}  format: {fp.get('audio_format')}  defaults: {fp.get('defaults')}")
+        for v in self.cast:
+            lines.append(f"voice: speaker {v['speaker']} {v.get('name') or '(no name)'}, {v.get('prompts')} prompt(s), "
+                         f"hash {v['hash']}")
         pending = lambda n: "?" if n is None else str(n)
         lines.append(f"conversations: {self.conversations_done} done, {self.conversations_failed} failed, "
                      f"{pending(self.conversations_pending)} pending")
@@ -55,7 +59,8 @@ class JobStatus:
 def job_status(storage: Storage, manifest_files: list[str] | None = None) -> JobStatus:
     """What OUT holds; with the job's (validated) manifest files, also what is pending. The manifests are summed
     per conversation by record batches (jobs.plan.spool.conversation_totals), never loaded whole."""
-    status = JobStatus(out=storage.url, fingerprint=(read_job_record(storage) or {}).get("fingerprint"))
+    record = read_job_record(storage) or {}
+    status = JobStatus(out=storage.url, fingerprint=record.get("fingerprint"), cast=record.get("cast") or [])
     holder, now = read_holder(storage), time.time()
     if holder is not None and not holder.released:
         gone = " (gone: no longer renewed, or its process ended)" if is_stale(holder, now) else ""

@@ -75,7 +75,8 @@ def start_worker(cfg, resources: dict, feeder) -> tuple[str, object, object]:
     actor = ray.remote(max_restarts=0, **resources)(RayRenderWorker).options(
         scheduling_strategy="SPREAD").remote(
         cfg.model, cfg.out, device=worker_device(cfg, resources), dtype=cfg.dtype, batch_size=cfg.batch_size,
-        audio_format=cfg.audio_format, defaults=cfg.defaults, s3_endpoint_url=cfg.s3_endpoint_url)
+        audio_format=cfg.audio_format, defaults=cfg.defaults, s3_endpoint_url=cfg.s3_endpoint_url,
+        cast=getattr(cfg, "cast", None))
     stream = actor.render.options(num_returns="streaming").remote(feeder, worker_id)
     return worker_id, actor, stream
 

@@ -14,6 +14,7 @@ from typing import Protocol
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
 
+from jobs.manifests.voices import Cast
 from jobs.storage.jobrecord import read_job_record
 from jobs.model_source import local_model
 from jobs.storage.outputs import OutputWriter
@@ -37,8 +38,11 @@ def default_batch_size(generator) -> int:
 class RenderWorker:
     def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None,
                  batch_size: int | str = 8,
-                 audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None):
+                 audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None,
+                 cast: Cast | None = None):
         self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype)
+        self.cast = cast
+        self._prompt_audio: dict[str, object] = {}  # the cast's recordings, read once per worker
         if batch_size == "auto":
             batch_size = default_batch_size(self.generator)
         self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model)
@@ -122,7 +126,7 @@ class RenderWorker:
             yield request
 
     def _request(self, item: WorkItem) -> ConversationRequest:
-        turns = []
+        turns = self._cast_prompts(item.spec.turns)
         for t in item.spec.turns:
             s = settings_for(t, self.defaults)
             common = dict(turn_index=t.turn_index, speaker=t.speaker, text=t.text, temperature=s["temperature"],
@@ -135,6 +139,28 @@ class RenderWorker:
             else:
                 turns.append(TurnRequest(**common))
         return ConversationRequest(item.conversation_id, turns)
+
+    def _cast_prompts(self, turns) -> list[TurnRequest]:
+        """The cast's prompt turns this conversation starts with, as given context. Negative turn indices: they
+        are no turns of the manifest (nothing is rendered or written for them)."""
+        if self.cast is None:
+            return []
+        prompts = [(speaker, p) for speaker in self.cast.speakers_for(turns)
+                   for p in self.cast.voices[speaker].prompts]
+        return [TurnRequest(i - len(prompts), speaker, p.text, audio=self._prompt(p.audio))
+                for i, (speaker, p) in enumerate(prompts)]
+
+    def _prompt(self, location: str):
+        if location not in self._prompt_audio:
+            self._prompt_audio[location] = self._voice(location)
+        return self._prompt_audio[location]
+
+    def _voice_of(self, progress: "_Progress", speaker: int) -> tuple[str | None, str | None]:
+        """(name, hash) of the cast voice a turn of this speaker was conditioned on, or (None, None)."""
+        if self.cast is None or speaker not in self.cast.speakers_for(progress.item.spec.turns):
+            return None, None
+        voice = self.cast.voices[speaker]
+        return voice.name, voice.hash
 
     def _voice(self, location: str):
         """A given turn's recording, from a local path or an s3:// URI."""
@@ -158,7 +184,8 @@ class RenderWorker:
         spec = progress.item.spec.turns[turn.turn_index]
         s = settings_for(spec, self.defaults)
         try:
-            row = self.writer.commit_turn(turn, s["temperature"], s["top_k"], spec.pause_ms)
+            row = self.writer.commit_turn(turn, s["temperature"], s["top_k"], spec.pause_ms,
+                                          voice=self._voice_of(progress, turn.speaker))
         except ObjectExists as e:  # someone else committed this turn: the conversation is theirs now
             progress.superseded = True
             progress.error = (type(e).__name__, f"turn {turn.turn_index}: {e}")

@@ -15,6 +15,9 @@ from csm_worker.loading import ModelLoadError, text_encoder_for
 from jobs.manifests.manifest import ManifestError, validate_manifests
 from jobs.model_source import local_model
 from jobs.manifests.remote import local_manifests
+from jobs.manifests.voices import FRAME_MS, check_window, speaker_pairs
+
+WINDOW = 2048  # the backbone's positions (validate_manifests' default window)
 
 WINDOW_CHECK_SKIPPED = ("window-length check skipped: the tokenizer of {model} is not available ({reason}). "
                         "Enable it with --model pointing at a local copy of the model (or a random:* preset), "
@@ -24,9 +27,10 @@ WINDOW_CHECK_SKIPPED = ("window-length check skipped: the tokenizer of {model} i
 @contextmanager
 def validated_manifests(args: list[str], model: str, revision: str | None = None, *,
                         default_max_audio_length_ms: int = 10_000, check_audio: bool = True,
-                        s3_endpoint_url: str | None = None, need_model: bool = True):
+                        s3_endpoint_url: str | None = None, need_model: bool = True, cast=None):
     """Yields (report, localized) for valid manifests; the local copies of S3 manifests live until the block
-    ends. Raises ManifestError listing every problem; ModelLoadError when the tokenizer cannot be had and
+    ends. With a `cast` (jobs.manifests.voices), its prompts must fit each conversation's window with a turn.
+    Raises ManifestError listing every problem; ModelLoadError when the tokenizer cannot be had and
     `need_model` (after the structural problems, if any, were raised as ManifestError)."""
     try:
         encoder, unavailable = text_encoder_for(local_model(model, s3_endpoint_url, tokenizer_only=True),
@@ -37,6 +41,9 @@ def validated_manifests(args: list[str], model: str, revision: str | None = None
         report = validate_manifests(local.args, text_positions=encoder.counter() if encoder else None,
                                     default_max_audio_length_ms=default_max_audio_length_ms,
                                     check_audio=check_audio and not local.has_remote)
+        if report.ok and cast is not None and encoder is not None:
+            report.problems += check_window(cast, speaker_pairs(report.files), encoder.counter(), WINDOW,
+                                            default_max_audio_length_ms // FRAME_MS + 1)
         if not report.ok:
             raise ManifestError(local.problems(report.problems))
         if unavailable is not None:

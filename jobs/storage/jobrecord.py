@@ -24,14 +24,18 @@ def project_version() -> str:
         return "0+unknown"
 
 
-def fingerprint(model: str, revision: str | None, audio_format: str, defaults: dict) -> dict:
-    return {
+def fingerprint(model: str, revision: str | None, audio_format: str, defaults: dict,
+                voices_hash: str | None = None) -> dict:
+    fp = {
         "model": model,
         "revision": revision,
         "audio_format": audio_format,
         "defaults": dict(sorted(defaults.items())),
         "version": project_version(),
     }
+    if voices_hash is not None:  # only with --voices, so records written before casts existed still match
+        fp["voices"] = voices_hash
+    return fp
 
 
 def check_job_record(storage: Storage, fp: dict) -> dict | None:
@@ -48,12 +52,15 @@ def check_job_record(storage: Storage, fp: dict) -> dict | None:
     return record
 
 
-def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False) -> dict:
-    """Write the record on the first run; on a re-run check that the fingerprint matches."""
+def ensure_job_record(storage: Storage, fp: dict, new_run: bool = False, cast: list[dict] | None = None) -> dict:
+    """Write the record on the first run; on a re-run check that the fingerprint matches. `cast`: the voices
+    (speaker, name, hash), kept for `status`."""
     record = None if new_run else check_job_record(storage, fp)
     if record is not None:
         return record
     record = {"fingerprint": fp, "created_at": layout.timestamp()}
+    if cast:
+        record["cast"] = cast
     storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
     return record
 

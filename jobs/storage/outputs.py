@@ -42,6 +42,8 @@ METADATA_SCHEMA = pa.schema([
     ("model", pa.string()),
     ("sha256", pa.string()),
     ("rendered_at", pa.string()),
+    ("voice_name", pa.string()),  # the cast voice (--voices) the turn was conditioned on; null without one
+    ("voice_hash", pa.string()),
 ])
 
 
@@ -52,8 +54,10 @@ class OutputWriter:
         self.ext = audio_extension(audio_format)
         self.model = model
 
-    def commit_turn(self, turn: RenderedTurn, temperature: float, top_k: int, pause_ms: int | None) -> dict:
-        """Write audio, codes, then the commit record; returns the metadata row."""
+    def commit_turn(self, turn: RenderedTurn, temperature: float, top_k: int, pause_ms: int | None,
+                    voice: tuple[str | None, str | None] = (None, None)) -> dict:
+        """Write audio, codes, then the commit record; returns the metadata row. `voice`: (name, hash) of the
+        cast voice the turn was conditioned on."""
         cid, idx = turn.conversation_id, turn.turn_index
         if self.storage.exists(layout.commit_key(cid, idx)):
             # Only a worker that outlived its lease gets here (its node cut off, its run taken over): the turn is
@@ -77,6 +81,7 @@ class OutputWriter:
             "num_frames": turn.num_frames, "end_reason": turn.end_reason, "seed": int(turn.seed),
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
             "sha256": audio_sha256(data), "rendered_at": layout.timestamp(),
+            "voice_name": voice[0], "voice_hash": voice[1],
         }
         # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
         # that finds our own record (its first response was lost) counts as done.

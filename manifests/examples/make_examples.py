@@ -3,6 +3,9 @@
 dialogue.parquet       3 conversations, 2 speakers, every turn rendered; sampling settings on some rows.
 voice_prompt.parquet   1 conversation whose turn 0 is given: voices/speaker0.wav sets speaker 0's voice.
 voices/speaker0.wav    2 s of 24 kHz mono PCM_16, a chord of sine tones (a stand-in for a real recording).
+voices/speaker1.wav    the same for speaker 1, other tones.
+../casts/narrator_and_guest.parquet   a cast for `--voices` (outside this folder, which `run` reads whole):
+                       speaker 0 "Narrator" (voices/speaker0.wav), speaker 1 "Guest" (voices/speaker1.wav).
 """
 from pathlib import Path
 
@@ -57,9 +60,15 @@ def table(rows) -> pa.Table:
     return pa.table(columns, schema=SCHEMA)
 
 
-def write_voice(path: Path, seconds: float = 2.0) -> None:
+CAST = [  # speaker, name, transcript, recording (relative to the cast file)
+    (0, "Narrator", "Hello there, this is how I sound.", "../examples/voices/speaker0.wav"),
+    (1, "Guest", "And this is my voice, a little higher.", "../examples/voices/speaker1.wav"),
+]
+
+
+def write_voice(path: Path, seconds: float = 2.0, tones=(140.0, 280.0, 420.0, 700.0)) -> None:
     t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
-    chord = sum(np.sin(2 * np.pi * f * t) / (i + 1) for i, f in enumerate((140.0, 280.0, 420.0, 700.0)))
+    chord = sum(np.sin(2 * np.pi * f * t) / (i + 1) for i, f in enumerate(tones))
     fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.05)  # no clicks at the ends
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(path, 0.3 * fade * chord / np.abs(chord).max(), SAMPLE_RATE, subtype="PCM_16")
@@ -69,6 +78,11 @@ def main() -> None:
     pq.write_table(table(DIALOGUE), HERE / "dialogue.parquet")
     pq.write_table(table(VOICE_PROMPT), HERE / "voice_prompt.parquet")
     write_voice(HERE / "voices" / "speaker0.wav")
+    write_voice(HERE / "voices" / "speaker1.wav", tones=(220.0, 440.0, 660.0, 990.0))
+    (HERE.parent / "casts").mkdir(exist_ok=True)
+    pq.write_table(pa.table({"speaker": pa.array([c[0] for c in CAST], pa.int32()), "name": [c[1] for c in CAST],
+                             "text": [c[2] for c in CAST], "audio": [c[3] for c in CAST]}),
+                   HERE.parent / "casts" / "narrator_and_guest.parquet")
 
 
 if __name__ == "__main__":
