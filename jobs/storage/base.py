@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -69,6 +70,11 @@ class Storage(ABC):
         """Create `key` only if nothing is there, atomically. True: this call created it. False: an object with
         the same content is there already (a retried write). StorageError: different content is there; nothing
         was changed. Commit records use it, so a committed turn is never replaced."""
+
+    def upload_file(self, key: str, path: str) -> None:
+        """Store the local file `path` under `key` atomically, replacing any previous object whole, without
+        holding it in memory (export shards of hundreds of MB). Backends stream it; this fallback does not."""
+        self.write_bytes(key, Path(path).read_bytes())
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
@@ -132,6 +138,21 @@ class LocalStorage(Storage):
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)  # persist the rename itself
+
+    def upload_file(self, key: str, path: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f"{TMP_PREFIX}{dest.name}-{secrets.token_hex(6)}"
+        try:
+            with open(path, "rb") as src, open(tmp, "xb") as f:
+                shutil.copyfileobj(src, f, 1 << 20)  # a MiB at a time: never whole in memory
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(dest.parent)
 
     def write_new(self, key: str, data: bytes) -> bool:
         path = self._path(key)

@@ -15,11 +15,13 @@ and the object; messages never carry credentials, signatures or request headers.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -68,6 +70,36 @@ class S3Storage(Storage):
         """Store `data` under `key`, replacing any previous object whole."""
         full, data = self._full(key), bytes(data)
         self._retry("write", self._where(key), lambda: self._put(full, data, create_only=False))
+
+    def upload_file(self, key: str, path: str) -> None:
+        """Store the local file `path` under `key`: one put below the multipart threshold, else a multipart upload
+        read from the file a part at a time (only one part in memory), visible only once complete."""
+        full, where = self._full(key), self._where(key)
+        size = os.path.getsize(path)
+        if size < self.multipart_threshold:
+            self._retry("write", where, lambda: self._put(full, Path(path).read_bytes(), create_only=False))
+            return
+        meta = {SHA256_META: _file_sha256(path)}
+        self._retry("write", where, lambda: self._put_multipart_file(full, path, size, meta))
+
+    def _put_multipart_file(self, full: str, path: str, size: int, meta: dict) -> None:
+        part_size = max(self.multipart_threshold, -(-size // MAX_PARTS))
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, Metadata=meta)["UploadId"]
+        try:
+            parts = []
+            with open(path, "rb") as f:
+                for number, body in enumerate(iter(partial(f.read, part_size), b""), start=1):
+                    etag = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                   PartNumber=number, Body=body)["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                  MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:  # best effort, as in _put_multipart
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception:
+                pass
+            raise
 
     def write_new(self, key: str, data: bytes) -> bool:
         """Create `key` only if no object is there (a conditional put, `If-None-Match: *`).
@@ -341,6 +373,14 @@ def _code(exc: bex.ClientError) -> str:
 
 def _status(exc: bex.ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(partial(f.read, MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_key(name: str) -> bool:
