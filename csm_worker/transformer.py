@@ -118,12 +118,27 @@ def forward(x: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         where: List[Optional[torch.Tensor]] = [row_idx, write_pos]
         k_rows.transpose(1, 2).index_put_(where, k)
         v_rows.transpose(1, 2).index_put_(where, v.view(B, S, K, D))
-        a = F.scaled_dot_product_attention(q, k_rows[:, :, :t_len], v_rows[:, :, :t_len], attn_mask=mask,
-                                           is_causal=mask is None and S > 1, enable_gqa=True)
-        x = product_add(x, a.transpose(1, 2).reshape(B, S, H * D), w.wo[i], w.onednn)
+        a = attend(q, k_rows[:, :, :t_len], v_rows[:, :, :t_len], mask, H, K)
+        x = product_add(x, a, w.wo[i], w.onednn)
         gate, up = product(rms(x, w.norm2[i], w.eps), w.w_gate_up[i], w.onednn).chunk(2, dim=-1)
         x = product_add(x, F.silu(gate) * up, w.w_down[i], w.onednn)
     return rms(x, w.norm, w.eps)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], H: int,
+           K: int) -> torch.Tensor:
+    """q [B, H, S, D] over k, v [B, K, T, D] (query head h reads kv head h // (H // K), as repeat_kv) with
+    `mask` [B, 1, S, T] (None: causal, or all T for S = 1) -> [B, S, H * D].
+
+    A decode step (S = 1) sees the G = H // K query heads of a kv head as G queries of that one head: the same
+    sums, without SDPA's GQA path, which on some kernels copies every row's keys and values G times (for
+    CSM-1B at 512 rows and 2048 positions, 8 GB a layer on a GPU)."""
+    B, S, D = q.shape[0], q.shape[2], q.shape[3]
+    if S == 1:
+        a = F.scaled_dot_product_attention(q.reshape(B, K, H // K, D), k, v, attn_mask=mask)  # [B, K, G, D]
+        return a.reshape(B, 1, H * D)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+    return a.transpose(1, 2).reshape(B, S, H * D)
 
 
 def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
