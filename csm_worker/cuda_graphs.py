@@ -7,7 +7,7 @@ mask) and write their results into buffers, so a replay needs nothing from Pytho
 
 Capture: a few warm-up runs on a side stream (kernels pick their algorithms and workspaces outside capture),
 then the capture itself. The warm-up runs are real steps: the state they change (h, positions, frame counters,
-codes) is saved before and put back after, so capturing a new bucket mid-run changes no result. All graphs
+codes) is saved before and put back after (`preserved`), so capturing a new bucket mid-run changes no result. All graphs
 share one memory pool: they replay one at a time, and each one's temporaries are dead when it ends.
 
 Where capture is impossible (no CUDA, or an op that cannot be captured) the function runs eagerly: the same
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -60,18 +61,28 @@ class GraphRunner:
         return graph.replay
 
     def _capture(self, fn: Callable[[], None], state: list[torch.Tensor]) -> "torch.cuda.CUDAGraph":
-        saved = [t.clone() for t in state]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                fn()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
-            fn()  # recorded, not run
+        with preserved(state):
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_RUNS):
+                    fn()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool):
+                fn()  # recorded, not run
+        return graph
+
+
+@contextmanager
+def preserved(state: list[torch.Tensor]):
+    """Put `state` back as it was on leaving, also when a warm-up run or the capture fails (the step then runs
+    eagerly from the state the engine left, not from one advanced by trial runs)."""
+    saved = [t.clone() for t in state]
+    try:
+        yield
+    finally:
         for t, s in zip(state, saved):
             t.copy_(s)
-        return graph

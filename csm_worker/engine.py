@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,12 +31,24 @@ from .static_step import StaticStep
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
 # prefilled again once per ~WINDOW_SLACK positions of new dialogue, not on every turn.
 WINDOW_SLACK = 512
+GRAPHS_ENV = "CSM_RENDER_CUDA_GRAPHS"
 IDLE_WAIT_S = 0.05  # how long an engine with nothing to render waits before asking its iterable again
 _END = object()
 
 
 class ContextTooLong(ValueError):
     pass
+
+
+def step_mode(device_type: str, static: bool | None, graphs: bool | None) -> tuple[bool, bool]:
+    """(static, graphs) for an engine: what was asked, else on CUDA both (CSM_RENDER_CUDA_GRAPHS=0 keeps the
+    static step but runs it eagerly: a switch for a GPU where graphs misbehave), elsewhere neither."""
+    on_cuda = device_type == "cuda"
+    if graphs is None:
+        graphs = on_cuda and os.environ.get(GRAPHS_ENV, "1") != "0"
+    if static is None:
+        static = on_cuda
+    return static or graphs, graphs
 
 
 @dataclass
@@ -83,9 +96,8 @@ class Engine:
         self.static = self._static_step(static, graphs)
 
     def _static_step(self, static: bool | None, graphs: bool | None) -> StaticStep | None:
-        on_cuda = self.model.device.type == "cuda"
-        graphs = on_cuda if graphs is None else graphs
-        if not (graphs or (on_cuda if static is None else static)):
+        static, graphs = step_mode(self.model.device.type, static, graphs)
+        if not static:
             return None
         runner = None
         if graphs:
@@ -226,6 +238,7 @@ class Engine:
         # The step's one host sync: EOS and frames are decided here. A copy: the static step's codes are a buffer
         # the next step overwrites, and on CPU .cpu() would hand the buffer itself to the turn's frames.
         codes_np = codes_np[:hi].to("cpu", copy=True).numpy()
+        eos = (codes_np == self.model.eos_code).all(axis=1)  # one numpy call, not one per row (512 on a GPU)
         self.stats["steps"] += 1
         finished, ended_rows = [], []
         for r in range(hi):
@@ -233,7 +246,7 @@ class Engine:
             if turn is None:
                 continue
             self.pos[r] += 1
-            if (codes_np[r] == self.model.eos_code).all():
+            if eos[r]:
                 reason = "eos"
             else:
                 turn.frames.append(codes_np[r])

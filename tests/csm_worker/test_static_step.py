@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker.cuda_graphs import GraphRunner
-from csm_worker.engine import Engine
+from csm_worker.cuda_graphs import WARMUP_RUNS, GraphRunner, preserved
+from csm_worker.engine import GRAPHS_ENV, Engine, step_mode
 from csm_worker.static_step import BUCKET, StaticStep, length_bucket, top_k_bucket
 
 from .conftest import sampled_mix_conversations
@@ -113,3 +113,47 @@ def test_rows_buffers_follow_turns_and_free_rows_are_inert(gen):
     assert b.pos.tolist() == [0, 19] and b.frame_index.tolist() == [0, 2]  # advanced on the device
     step.free(1)
     assert b.active.tolist() == [False, False] and b.pos.tolist() == [0, 0] and b.seed.tolist() == [0, 0]
+
+
+def test_a_captures_warm_up_runs_change_no_result(bgen, render, collect):
+    """A capture first runs the function WARMUP_RUNS times for real (cuda_graphs.py), mid-run when a new bucket
+    is first needed. Emulated here on CPU: the codes stay the dynamic step's, so restoring h and the buffers is
+    enough and the KV-cache writes of the trial runs (at positions ahead of each row's own) need no undoing."""
+    warmed = []
+
+    def warming_runner(key, make, state):
+        fn = make()
+        with preserved(state):
+            for _ in range(WARMUP_RUNS):
+                fn()
+        warmed.append(key)
+        return fn
+
+    engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=3, decode_audio=False, static=True)
+    engine.static.run_fn = warming_runner
+    turns, _, _ = collect(engine.run(sampled_mix_conversations()))
+    assert len(warmed) >= 4  # buckets first needed mid-run, with rows mid-turn
+    want = codes(render)
+    for key in want:
+        np.testing.assert_array_equal(turns[key].codes, want[key], err_msg=str(key))
+
+
+def test_preserved_restores_state_when_a_capture_fails():
+    x, y = torch.arange(4), torch.ones(2, 3)
+    with pytest.raises(RuntimeError):
+        with preserved([x, y]):
+            x.add_(5)
+            y.zero_()
+            raise RuntimeError("capture failed")
+    assert x.tolist() == [0, 1, 2, 3] and y.sum() == 6
+
+
+def test_step_mode_defaults_to_graphs_on_cuda_only_and_has_a_switch(monkeypatch):
+    monkeypatch.delenv(GRAPHS_ENV, raising=False)
+    assert step_mode("cuda", None, None) == (True, True)
+    assert step_mode("cpu", None, None) == (False, False)
+    assert step_mode("cpu", True, None) == (True, False)
+    assert step_mode("cpu", None, True) == (True, True)  # graphs replay the static step
+    assert step_mode("cuda", False, False) == (False, False)
+    monkeypatch.setenv(GRAPHS_ENV, "0")
+    assert step_mode("cuda", None, None) == (True, False)
