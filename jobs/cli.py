@@ -257,6 +257,51 @@ def status(out, manifests, s3_endpoint_url) -> None:
 
 
 @main.command()
+@click.argument("out")
+@click.option("--to", "kinds", multiple=True, default=("conversations,captions,hf,webdataset",), show_default=True,
+              help="What to make: conversations, captions, hf, webdataset (comma-separated or repeated).")
+@click.option("--dest", default=None, help="Where to write (a folder or s3://...; default OUT/exports).")
+@click.option("--format", "audio_format", default="wav", show_default=True,
+              type=click.Choice(["wav", "flac", "mp3", "opus"]), help="conversations: the file format.")
+@click.option("--pause-ms", default=400, show_default=True, type=click.IntRange(0, 60_000),
+              help="Silence after a turn whose row has no pause_ms.")
+@click.option("--fade-ms", default=5.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Fade in and out at each turn's edges (0: none), so joins never click.")
+@click.option("--loudness", "loudness_lufs", default=None, type=click.FloatRange(-70, 0),
+              help="Normalize each conversation to this integrated loudness, LUFS (-16 podcasts, -20 audiobooks).")
+@click.option("--true-peak", "true_peak_db", default=-1.0, show_default=True, type=click.FloatRange(-20, 0),
+              help="Ceiling (dBTP) that normalization never pushes a peak past.")
+@click.option("--include-given", is_flag=True, help="Keep given voice-prompt turns in conversations and "
+              "captions (needs --manifest: OUT does not hold them).")
+@click.option("--manifest", "manifests", multiple=True, help="The job's manifest(s), for --include-given.")
+@click.option("--max-shard-mb", default=256.0, show_default=True, type=float, help="hf, webdataset: shard size.")
+@click.option("--split-by-conversation", "validation_fraction", default=0.0, type=float,
+              help="hf: the share of conversations (0-1) in a validation split.")
+@click.option("--license", "license_id", default=None, help="hf: the dataset card's license (default: the model's).")
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// OUT or DEST.")
+def export(out, kinds, dest, audio_format, pause_ms, fade_ms, loudness_lufs, true_peak_db, include_given,
+           manifests, max_shard_mb, validation_fraction, license_id, s3_endpoint_url) -> None:
+    """Make finished deliverables from OUT (never changing it): one audio file and captions per conversation,
+    a Hugging Face dataset, webdataset shards. Exports what is complete, even while the job runs; a re-run
+    redoes only what changed. Exit 0 done, 1 some conversations could not be exported, 2 bad request."""
+    from jobs.export.command import export_job, prepare
+    from jobs.export.options import ExportOptions, ExportRequestError, parse_kinds
+
+    try:
+        opts = ExportOptions(kinds=parse_kinds(kinds), audio_format=audio_format, pause_ms=pause_ms,
+                             fade_ms=fade_ms, include_given=include_given, loudness_lufs=loudness_lufs,
+                             true_peak_db=true_peak_db, max_shard_mb=max_shard_mb,
+                             validation_fraction=validation_fraction, license=license_id, manifests=manifests)
+        with _clear_errors():
+            view, target = prepare(out, dest, opts, s3_endpoint_url)
+            summary = export_job(view, target, opts)
+    except ExportRequestError as e:
+        _fail(str(e))
+    click.echo(summary.text())
+    sys.exit(summary.exit_code)
+
+
+@main.command()
 @model_option
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--dtype", default="auto", show_default=True,

@@ -7,6 +7,7 @@
     OUT/metadata/<conversation_id>.parquet        one row per committed turn of a finished (or failed) conversation
     OUT/failures/<conversation_id>.json           why a conversation failed (removed when it later succeeds)
     OUT/locks/<generation>.json                   the lease of the run writing OUT (jobs/storage/run_lock.py)
+    OUT/exports/<kind>/...                        derived outputs of `csm-render export` (jobs/export/)
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import time
 JOB_RECORD = "job.json"
 LOCKS = "locks/"
 FOLDERS = ("audio/", "codes/", "commits/", "metadata/", "failures/", LOCKS)  # all a job writes, but JOB_RECORD
+# Not in FOLDERS: `csm-render export` writes here without OUT's lease (it only reads the job), so a run starting
+# meanwhile must not delete its temporary files; --new-run clears it with the rest (runner.clear_previous_run).
+EXPORTS = "exports/"
 
 
 def timestamp() -> str:

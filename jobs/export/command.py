@@ -1,0 +1,192 @@
+"""One export pass over a job's OUT: what `csm-render export` and `run --export` do.
+
+Pass 1 goes over the complete conversations, one at a time: each per-conversation kind is made unless its record
+says it is up to date, and a running hash of (conversation, metadata hash) says whether the datasets changed.
+Pass 2, only for a dataset kind whose hash differs from its record, writes that dataset's shards anew, reading
+each conversation's audio once for all the dataset kinds asked. Failed and unfinished conversations are left out
+and listed; a conversation whose files cannot be read is left out whole and named, and the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+
+from jobs.storage import Storage, open_storage
+
+from jobs.export import per_conversation
+from jobs.export.destination import open_dest
+from jobs.export.hf_dataset import HfDataset, dataset_card, license_for
+from jobs.export.options import PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
+from jobs.export.reader import ExportError, JobView, iter_conversations
+from jobs.export.webdataset_shards import TarShards, sample_files, sample_key
+
+DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license"), "webdataset": ("max_shard_mb",)}
+_SHOWN = 10  # conversations named per line of the summary
+
+
+@dataclass
+class ExportSummary:
+    dest: str
+    kinds: tuple[str, ...]
+    complete: int = 0
+    exported: dict[str, int] = field(default_factory=dict)  # kind -> conversations made in this pass
+    unchanged: dict[str, int] = field(default_factory=dict)
+    datasets: dict[str, str] = field(default_factory=dict)  # kind -> what happened, in words
+    failed: dict[str, str] = field(default_factory=dict)  # left out: the job failed them
+    in_progress: list[str] = field(default_factory=list)  # left out: still rendering (or never finished)
+    errors: dict[str, str] = field(default_factory=dict)  # left out: their files could not be exported
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+    def text(self) -> str:
+        lines = [f"export to {self.dest}: {self.complete} complete conversation(s)"]
+        for kind in self.kinds:
+            if kind in self.datasets:
+                lines.append(f"  {kind}: {self.datasets[kind]}")
+            else:
+                lines.append(f"  {kind}: {self.exported.get(kind, 0)} exported, {self.unchanged.get(kind, 0)} "
+                             "already up to date")
+        if self.failed:
+            lines.append(f"skipped {len(self.failed)} failed conversation(s) (not exported; see `csm-render "
+                         "status`):")
+            lines += [f"  {cid}: {why}" for cid, why in sorted(self.failed.items())[:_SHOWN]]
+            lines += [f"  ... and {len(self.failed) - _SHOWN} more"] if len(self.failed) > _SHOWN else []
+        if self.in_progress:
+            shown = ", ".join(self.in_progress[:_SHOWN]) + (" ..." if len(self.in_progress) > _SHOWN else "")
+            lines.append(f"skipped {len(self.in_progress)} conversation(s) not finished yet (export again when "
+                         f"the job has done them): {shown}")
+        for cid, err in sorted(self.errors.items()):
+            lines.append(f"ERROR {cid}: {err} (left out of every export)")
+        return "\n".join(lines)
+
+
+def prepare(out: str, dest: str | None, opts: ExportOptions, s3_endpoint_url: str | None = None
+            ) -> tuple[JobView, Storage]:
+    """Check the request and open both ends; ExportRequestError (nothing written) when it cannot be done."""
+    check_options(opts)
+    try:
+        storage = open_storage(out, s3_endpoint_url)
+    except ValueError as e:
+        raise ExportRequestError(f"{out}: {e}") from None
+    view = JobView(storage)
+    return view, open_dest(storage, dest, s3_endpoint_url)
+
+
+def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSummary:
+    scan = view.scan()
+    summary = ExportSummary(dest.url, opts.kinds, failed=scan.failed, in_progress=scan.in_progress)
+    given = None
+    if opts.include_given:
+        from jobs.export.given import given_turns
+
+        given = given_turns(list(opts.manifests))
+    dataset_kinds = [k for k in opts.kinds if k in DATASET_SETTINGS]
+    with tempfile.TemporaryDirectory(prefix="csm-render-export-") as scratch:
+        digests = {k: _dataset_digest(k, opts) for k in dataset_kinds}
+        for item in iter_conversations(view, scan.complete, given):
+            if isinstance(item, ExportError):
+                summary.errors[item.conversation_id] = str(item)
+                continue
+            if export_one(view, dest, item, opts, scratch, summary):
+                summary.complete += 1
+                for digest in digests.values():
+                    digest.update(f"{item.conversation_id}\0{item.source}\n".encode())
+        stale = [k for k in dataset_kinds if _dataset_source(dest, k) != digests[k].hexdigest()]
+        for kind in dataset_kinds:
+            if kind not in stale:
+                summary.datasets[kind] = "already up to date"
+        if stale:
+            _write_datasets(view, dest, opts, stale, scan.complete, scratch, summary)
+    return summary
+
+
+def export_one(view: JobView, dest: Storage, conv, opts: ExportOptions, scratch: str,
+               summary: ExportSummary) -> bool:
+    """The per-conversation kinds of one complete conversation; False (and the error noted) when it fails."""
+    try:
+        for kind in (k for k in opts.kinds if k in PER_CONVERSATION):
+            if per_conversation.up_to_date(dest, kind, conv, opts):
+                summary.unchanged[kind] = summary.unchanged.get(kind, 0) + 1
+                continue
+            if kind == "conversations":
+                per_conversation.export_audio(view, dest, conv, opts, scratch)
+            else:
+                per_conversation.export_captions(view, dest, conv, opts)
+            summary.exported[kind] = summary.exported.get(kind, 0) + 1
+    except (ExportError, FileNotFoundError, ValueError) as e:
+        summary.errors[conv.conversation_id] = str(e)
+        return False
+    return True
+
+
+def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], ids: list[str],
+                    scratch: str, summary: ExportSummary) -> None:
+    max_bytes = int(opts.max_shard_mb * 1024 * 1024)
+    hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url) if "hf" in kinds else None
+    tars = TarShards(dest, scratch, max_bytes) if "webdataset" in kinds else None
+    digests = {k: _dataset_digest(k, opts) for k in kinds}
+    conversations = 0
+    try:
+        for conv in iter_conversations(view, ids):
+            if isinstance(conv, ExportError) or conv.conversation_id in summary.errors:
+                continue
+            try:
+                audio = [view.audio_bytes(r) for r in conv.rows]
+                for row, data in zip(conv.rows, audio):
+                    view.audio_pcm(row, data)  # decodes and matches its row: a bad file leaves the whole out
+            except (ExportError, FileNotFoundError) as e:
+                summary.errors[conv.conversation_id] = str(e)
+                continue
+            conversations += 1
+            for digest in digests.values():
+                digest.update(f"{conv.conversation_id}\0{conv.source}\n".encode())
+            if hf:
+                hf.add_conversation(conv.rows, audio)
+            if tars:
+                for row, data in zip(conv.rows, audio):
+                    tars.add(sample_key(row), sample_files(row, data))
+    except BaseException:
+        for writer in (hf, tars):
+            if writer:
+                writer.abort()
+        raise
+    if hf:
+        license_id = opts.license or license_for(view.fingerprint.get("model", ""))
+        counts = hf.finish(dataset_card(hf.counts(), view.fingerprint, license_id, conversations))
+        rows = sum(c["rows"] for c in counts.values())
+        _write_record(dest, "hf", digests["hf"].hexdigest(), {"splits": counts, "conversations": conversations})
+        summary.datasets["hf"] = (f"{rows} turns of {conversations} conversations in "
+                                  f"{sum(len(c['shards']) for c in counts.values())} shard(s)")
+    if tars:
+        keys = tars.finish()
+        _write_record(dest, "webdataset", digests["webdataset"].hexdigest(),
+                      {"shards": keys, "samples": tars.samples, "conversations": conversations})
+        summary.datasets["webdataset"] = f"{tars.samples} samples of {conversations} conversations in " \
+                                         f"{len(keys)} shard(s)"
+
+
+def _dataset_digest(kind: str, opts: ExportOptions):
+    digest = hashlib.sha256(opts.settings_hash(*DATASET_SETTINGS[kind]).encode())
+    return digest
+
+
+def _record_key(kind: str) -> str:
+    return f"{kind}/_export.json"  # a leading "_": not a data file to `datasets` or a shard glob
+
+
+def _dataset_source(dest: Storage, kind: str) -> str | None:
+    try:
+        return json.loads(dest.read_bytes(_record_key(kind))).get("source")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _write_record(dest: Storage, kind: str, source: str, details: dict) -> None:
+    # Written last: until it is there (a crash mid-way), the next export rebuilds this dataset.
+    dest.write_bytes(_record_key(kind), json.dumps({"source": source, **details}, indent=1).encode())
+

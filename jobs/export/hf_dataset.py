@@ -1,0 +1,162 @@
+"""hf kind: a Hugging Face dataset of the rendered turns. Parquet shards under hf/data/<split>-NNNNNN.parquet whose
+`audio` column is the `datasets` Audio storage (a struct of the file's bytes and a name), with the features in
+the schema's "huggingface" metadata, so `datasets.load_dataset("parquet", data_files=...)` and
+`load_dataset("<dest>/hf")` decode it at 24 kHz; and a dataset card (hf/README.md) the hub reads.
+
+Splits are by conversation (all turns of one conversation in one split): the validation share is decided by a
+hash of the conversation id, so a conversation keeps its split as the job grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.storage import Storage
+
+from jobs.export.reader import SAMPLE_RATE
+from jobs.export.shards import ShardSeries, remove_stale
+
+PREFIX = "hf/"
+ROW_GROUP = 100  # rows: the datasets viewer and streaming readers fetch a row group at a time
+
+_VALUE_TYPES = [("text", pa.string(), "string"), ("speaker", pa.int32(), "int32"),
+                ("conversation_id", pa.string(), "string"), ("turn_index", pa.int32(), "int32"),
+                ("duration", pa.float64(), "float64"), ("num_samples", pa.int64(), "int64"),
+                ("seed", pa.int64(), "int64"), ("end_reason", pa.string(), "string"),
+                ("model", pa.string(), "string"), ("codes_path", pa.string(), "string")]
+FEATURES = {"audio": {"_type": "Audio", "sampling_rate": SAMPLE_RATE},
+            **{name: {"_type": "Value", "dtype": dtype} for name, _, dtype in _VALUE_TYPES}}
+SCHEMA = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
+                   + [(name, typ) for name, typ, _ in _VALUE_TYPES],
+                   metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
+
+
+def split_of(conversation_id: str, validation_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha256(conversation_id.encode()).digest()[:8], "big") / 2 ** 64
+    return "validation" if h < validation_fraction else "train"
+
+
+def is_shard(key: str) -> bool:
+    return key.startswith(f"{PREFIX}data/") and key.endswith(".parquet")
+
+
+class SplitWriter:
+    """One split's shards, a row group per conversation (or per ROW_GROUP rows)."""
+
+    def __init__(self, dest: Storage, scratch: str, split: str, max_bytes: int):
+        self.series = ShardSeries(dest, scratch, lambda n: f"{PREFIX}data/{split}-{n:06d}.parquet", max_bytes)
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+        self.audio_bytes = 0
+        self.seconds = 0.0
+
+    def add(self, rows: list[dict]) -> None:
+        size = sum(len(r["audio"]["bytes"]) for r in rows)
+        if self.series.needs_roll(size):
+            self._close_shard()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.series.open_path(), SCHEMA, compression="zstd")
+        self.writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), row_group_size=ROW_GROUP)
+        self.series.items += len(rows)
+        self.rows += len(rows)
+        self.audio_bytes += size
+        self.seconds += sum(r["duration"] for r in rows)
+
+    def _close_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.series.commit()
+
+    def finish(self) -> list[str]:
+        self._close_shard()
+        return self.series.keys
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.series.discard()
+
+
+class HfDataset:
+    def __init__(self, dest: Storage, scratch: str, max_bytes: int, validation_fraction: float, out_url: str):
+        self.dest, self.fraction, self.out_url = dest, validation_fraction, out_url.rstrip("/")
+        self.splits = {s: SplitWriter(dest, scratch, s, max_bytes) for s in ("train", "validation")}
+
+    def add_conversation(self, rows: list[dict], audio: list[bytes]) -> None:
+        if not rows:
+            return
+        split = split_of(rows[0]["conversation_id"], self.fraction)
+        self.splits[split].add([self._row(r, a) for r, a in zip(rows, audio)])
+
+    def _row(self, row: dict, audio: bytes) -> dict:
+        name = f"{row['conversation_id']}/{row['turn_index']:06d}.{row['audio_path'].rsplit('.', 1)[-1]}"
+        return {"audio": {"bytes": audio, "path": name}, "text": row["text"], "speaker": row["speaker"],
+                "conversation_id": row["conversation_id"], "turn_index": row["turn_index"],
+                "duration": row["duration_s"], "num_samples": row["num_samples"], "seed": row["seed"],
+                "end_reason": row["end_reason"], "model": row["model"],
+                "codes_path": f"{self.out_url}/{row['codes_path']}"}  # absolute: usable away from OUT
+
+    def finish(self, card: str) -> dict:
+        keys = {s: w.finish() for s, w in self.splits.items()}
+        remove_stale(self.dest, f"{PREFIX}data/", [k for ks in keys.values() for k in ks], is_shard)
+        self.dest.write_bytes(f"{PREFIX}README.md", card.encode())
+        return {s: {"shards": keys[s], "rows": w.rows, "seconds": w.seconds, "bytes": w.audio_bytes}
+                for s, w in self.splits.items()}
+
+    def abort(self) -> None:
+        for w in self.splits.values():
+            w.abort()
+
+    def counts(self) -> dict:
+        return {s: {"rows": w.rows, "seconds": w.seconds, "bytes": w.audio_bytes} for s, w in self.splits.items()}
+
+
+KNOWN_LICENSES = {"sesame/csm-1b": "apache-2.0"}  # the model card's license field
+
+
+def license_for(model: str) -> str:
+    if model.startswith("random:"):
+        return "apache-2.0"  # seeded random weights of the architecture: no model license applies; the code's
+    return KNOWN_LICENSES.get(model, "other")
+
+
+def dataset_card(counts: dict, fingerprint: dict, license_id: str, conversations: int) -> str:
+    """README.md: the YAML header the hub reads (license, features, splits, configs), then how it was made."""
+    import yaml
+
+    splits = [s for s in ("train", "validation") if counts[s]["rows"]]
+    header = {
+        "license": license_id,
+        "task_categories": ["text-to-speech"],
+        "pretty_name": "csm-render synthetic dialogue",
+        "dataset_info": {
+            "features": [{"name": "audio", "dtype": {"audio": {"sampling_rate": SAMPLE_RATE}}}]
+                        + [{"name": n, "dtype": d} for n, _, d in _VALUE_TYPES],
+            "splits": [{"name": s, "num_bytes": counts[s]["bytes"], "num_examples": counts[s]["rows"]}
+                       for s in splits],
+        },
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}],
+    }
+    rows = sum(counts[s]["rows"] for s in splits)
+    hours = sum(counts[s]["seconds"] for s in splits) / 3600
+    d = fingerprint.get("defaults", {})
+    body = (
+        "# Synthetic dialogue rendered with CSM-1B\n\n"
+        f"{rows} turns of {conversations} conversations, {hours:.3f} hours of 24 kHz mono speech, rendered by "
+        "csm-render with Sesame's CSM-1B.\n\n"
+        "## How it was made\n\n"
+        f"- model: `{fingerprint.get('model')}`, revision `{fingerprint.get('revision')}`\n"
+        f"- sampling defaults (rows may set their own; each row's seed is in `seed`): temperature "
+        f"{d.get('temperature')}, top_k {d.get('top_k')}, max_audio_length_ms {d.get('max_audio_length_ms')}, "
+        f"job seed {d.get('seed')}\n"
+        f"- csm-render {fingerprint.get('version')}; audio stored as {fingerprint.get('audio_format')}\n"
+        + "".join(f"- {s}: {counts[s]['rows']} turns, {counts[s]['seconds'] / 3600:.3f} h\n" for s in splits)
+        + "\nEach row is one rendered turn; `codes_path` locates its Mimi codes (int16 [32, frames], numpy).\n"
+        "Given voice-prompt turns are not included. Load with `datasets.load_dataset(\"<this folder>\")`.\n")
+    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body

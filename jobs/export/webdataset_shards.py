@@ -1,0 +1,80 @@
+"""webdataset kind: tar shards (webdataset/shard-000000.tar, ...) of bounded size, one sample per rendered turn:
+<conversation_id>/<turn_index>.wav (or .flac, the job's file as it is) and .json (its metadata row).
+
+The key is "<conversation_id>/<turn>" rather than "<conversation_id>.<turn>": webdataset splits a member's name
+into key and extension at the first dot of its base name, so a dot between the two would make the turn index
+part of the extension (every turn of a conversation one sample), and conversation ids may hold dots themselves.
+Members are written in a fixed order (conversations by id, turns by index) with fixed owner, mode and time, so
+the same OUT gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+from jobs.storage import Storage
+
+from jobs.export.shards import ShardSeries, remove_stale
+
+PREFIX = "webdataset/"
+
+
+def shard_key(n: int) -> str:
+    return f"{PREFIX}shard-{n:06d}.tar"
+
+
+def is_shard(key: str) -> bool:
+    return key.startswith(f"{PREFIX}shard-") and key.endswith(".tar")
+
+
+def _member_bytes(size: int) -> int:
+    return 512 * 3 + -(-size // 512) * 512  # header, a pax header for long names, the data padded to blocks
+
+
+class TarShards:
+    def __init__(self, dest: Storage, scratch: str, max_bytes: int):
+        self.series = ShardSeries(dest, scratch, shard_key, max_bytes)
+        self.tar: tarfile.TarFile | None = None
+        self.samples = 0
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        """One sample: `files` maps extension ("wav", "json") to bytes."""
+        extra = sum(_member_bytes(len(data)) for data in files.values())
+        if self.series.needs_roll(extra + 1024 + 10240):  # room left for the end-of-archive blocks and padding
+            self._close_shard()
+        if self.tar is None:
+            self.tar = tarfile.open(self.series.open_path(), "w", format=tarfile.PAX_FORMAT)
+        for ext, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self.tar.addfile(info, io.BytesIO(data))
+        self.tar.fileobj.flush()
+        self.series.items += 1
+        self.samples += 1
+
+    def _close_shard(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.tar = None
+            self.series.commit()
+
+    def finish(self) -> list[str]:
+        self._close_shard()
+        remove_stale(self.series.dest, PREFIX, self.series.keys, is_shard)
+        return self.series.keys
+
+    def abort(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+        self.series.discard()
+
+
+def sample_files(row: dict, audio: bytes) -> dict[str, bytes]:
+    ext = row["audio_path"].rsplit(".", 1)[-1]
+    return {ext: audio, "json": json.dumps(row, sort_keys=True, ensure_ascii=False).encode()}
+
+
+def sample_key(row: dict) -> str:
+    return f"{row['conversation_id']}/{row['turn_index']:06d}"
