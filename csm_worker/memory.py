@@ -43,12 +43,13 @@ class SlotBudget:
 def step_bytes_per_slot(model) -> int:
     """An upper bound on one slot's share of a decode step's temporaries, at the longest attention bucket.
 
-    The largest live set is backbone attention: SDPA's fallback path expands the KV heads to the query heads
-    (keys and values, window positions each) and keeps float32 scores; the MLP holds gate|up and their product.
-    The depth step's are smaller (33 positions), its draws hold 32 codebooks of float32 logits and float64 noise."""
+    Backbone attention reads the cache in place (transformer.attend never expands the kv heads); a kernel that
+    materialises scores keeps them and their softmax in float32, window positions per query head. The MLP holds
+    gate|up and their product. The draws hold 32 codebooks of float32 logits (and their scaled copy) and
+    float64 noise. The depth decoder's own temporaries are smaller (33 positions, a narrower stack)."""
     elem = torch.finfo(model.dtype).bits // 8
     bb = model.backbone
-    attention = 2 * bb.heads * model.window * bb.head_dim * elem + 2 * bb.heads * model.window * 4
+    attention = 2 * bb.heads * model.window * 4
     ffn = bb.layers[0].w_gate_up.out_features  # 2 x intermediate size
     mlp = 2 * ffn * elem + 4 * model.dim * elem
     draws = model.num_codebooks * (model.vocab * 4 * 2 + model.vocab * 8)
