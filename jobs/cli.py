@@ -135,9 +135,12 @@ def job_options(command):
 @click.option("--address", default=None,
               help="Ray cluster to join (`auto`: the one started on this machine; default: RAY_ADDRESS, else a new "
                    "local Ray).")
+@click.option("--export", "export_kinds", default=None, help="Also export as the job goes (see `csm-render export`): "
+              "conversations,captions are made as each conversation completes, hf,webdataset at the end; under "
+              "OUT/exports/, with export's defaults.")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
-        new_run, voices) -> None:
+        new_run, voices, export_kinds) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.storage.jobrecord import JobMismatch
     from jobs.manifests.manifest import ManifestError
@@ -156,6 +159,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     voices=voices,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
+    cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
     try:
         open_storage(out, s3_endpoint_url)
     except ValueError as e:
@@ -173,6 +177,18 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         _fail("interrupted: committed turns are kept; run the same command again to resume", EXIT_INTERRUPTED)
     click.echo(summary.text())
     sys.exit(summary.exit_code)
+
+
+def _export_kinds(value: str | None) -> tuple[str, ...]:
+    """run --export's kinds, checked before anything is written (exit 2 for an unknown one)."""
+    if value is None:
+        return ()
+    from jobs.export.options import ExportRequestError, parse_kinds
+
+    try:
+        return parse_kinds([value])
+    except ExportRequestError as e:
+        _fail(f"--export: {e}")
 
 
 @main.command()

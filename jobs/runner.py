@@ -47,6 +47,7 @@ class RunConfig:
     max_attempts: int = 3  # a conversation leased to this many dying workers is failed
     watchdog_s: float = 900.0  # a worker holding conversations that commits nothing for this long is stopped
     lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/storage/run_lock.py)
+    export: tuple[str, ...] = ()  # run --export: kinds made as conversations complete, then at the end (jobs/export)
     voices: str | None = None  # --voices: the cast file or folder
     cast: Cast | None = None  # read from `voices` by run_job; the workers get it with the config
 
@@ -63,6 +64,7 @@ class Summary:
     turns_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> turns it committed
     node_of_worker: dict[str, str] = field(default_factory=dict)  # worker id -> Ray node id it ran on
     workers_lost: int = 0  # workers that died (killed, node gone, watchdog) and were replaced
+    exports: str = ""  # run --export: the final export pass's summary
 
     @property
     def exit_code(self) -> int:
@@ -80,6 +82,8 @@ class Summary:
             lines.append(f"workers lost and replaced: {self.workers_lost} (their conversations were requeued)")
         for cid, err in sorted(self.failed.items()):
             lines.append(f"FAILED {cid}: {err}")
+        if self.exports:
+            lines.append(self.exports)
         return "\n".join(lines)
 
 
@@ -112,6 +116,10 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
                 # another run took OUT over while this one was not heard from.
                 if lock.held:
                     storage.remove_leftovers(layout.FOLDERS)
+            if cfg.export:
+                from jobs.export.live import final_export
+
+                summary.exports = final_export(storage, cfg.export).text()
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -163,8 +171,9 @@ def cast_record(cast: Cast | None) -> list[dict] | None:
 
 def clear_previous_run(storage: Storage) -> None:
     """--new-run: discard the earlier run (commit records first, so no turn stays committed without its files),
-    then render every turn with the new settings."""
-    for prefix in ("commits/", "metadata/", "failures/", "audio/", "codes/"):
+    then render every turn with the new settings. Exports under OUT/exports/ go too: they were made from the
+    discarded turns (an export to another DEST is left alone)."""
+    for prefix in ("commits/", "metadata/", "failures/", "audio/", "codes/", layout.EXPORTS):
         for key in storage.list(prefix):
             storage.delete(key)
 

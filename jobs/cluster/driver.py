@@ -17,6 +17,7 @@ import ray
 
 from csm_worker.loading import BadCheckpoint
 
+from jobs.export.live import live_exporter
 from jobs.storage.jobrecord import check_weights
 from jobs.storage.outputs import OutputWriter
 from jobs.progress import Progress
@@ -49,6 +50,7 @@ class Driver:
         self.last_error = ""
         self.next_refill = 0.0
         self.first_ready: float | None = None  # when the first worker had its model loaded
+        self.exports = live_exporter(cfg, writer.storage)  # run --export: each complete conversation, at once
 
     def run(self, count: int) -> None:
         for _ in range(count):
@@ -63,6 +65,8 @@ class Driver:
             self.progress.workers(self._state())
             self.progress.refresh()
         self._fail_leftovers()
+        if self.exports:
+            self.exports.close()  # waits for the exports in flight
         if self.first_ready is not None:
             self.summary.render_seconds = time.monotonic() - self.first_ready
 
@@ -96,6 +100,8 @@ class Driver:
             self.summary.failed.pop(cid, None)
             if event["error"]:
                 self.summary.failed[cid] = f"{event['error_type']}: {event['error']}"
+            elif self.exports:
+                self.exports.submit(cid)
             self.progress.conversation(failed=bool(event["error"]))
 
     def _ready(self, worker: _Worker, info: dict) -> None:

@@ -1,0 +1,52 @@
+"""`csm-render run --export`: a real job (random:tiny on a local Ray, the CLI in a subprocess) exports each
+conversation as it completes and the datasets at the end; a resumed job with a new conversation exports only it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.jobs.test_cli_run import JOB_ARGS, ROWS, write_manifest
+
+from .helpers import snapshot
+
+pytestmark = pytest.mark.slow
+
+
+def exported(out, kind, suffix):
+    return sorted(p.name[: -len(suffix)] for p in (out / "exports" / kind).glob(f"*{suffix}"))
+
+
+def test_run_export_then_resume_exports_only_the_new_conversation(tmp_path, csm_render):
+    out = tmp_path / "out"
+    first = [r for r in ROWS if r[0] in ("kitchen", "short", "intro")]
+    result = csm_render("run", write_manifest(tmp_path / "m1", first), "--out", out, *JOB_ARGS,
+                        "--export", "conversations,captions,webdataset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "exported 3 conversation(s) as they completed" in result.stderr
+    assert exported(out, "conversations", ".wav") == ["intro", "kitchen", "short"]
+    assert exported(out, "captions", ".vtt") == ["intro", "kitchen", "short"]
+    assert "webdataset: 8 samples of 3 conversations" in result.stdout  # rendered turns only (intro's 0 is given)
+    record = json.loads((out / "exports/conversations/kitchen.json").read_text())
+    rows = {r["turn_index"]: r for r in json.loads("[" + ",".join(
+        (out / f"commits/kitchen/{i:06d}.json").read_text() for i in range(3)) + "]")}
+    assert record["num_samples"] == sum(r["num_samples"] for r in rows.values()) + (400 + 300 + 400) * 24
+    before = snapshot(out / "exports")
+
+    result = csm_render("run", write_manifest(tmp_path / "m2"), "--out", out, *JOB_ARGS, "--export",
+                        "conversations,captions,webdataset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "exported 1 conversation(s) as they completed" in result.stderr
+    after = snapshot(out / "exports")
+    assert exported(out, "conversations", ".wav") == ["intro", "kitchen", "short", "station"]
+    for name in ("conversations/kitchen.wav", "conversations/kitchen.json", "captions/short.srt"):
+        assert after[name] == before[name]  # not redone
+    assert "conversations: 0 exported, 4 already up to date" in result.stdout
+
+
+def test_run_export_refuses_an_unknown_kind_before_writing(tmp_path, csm_render):
+    out = tmp_path / "out"
+    result = csm_render("run", write_manifest(tmp_path / "m"), "--out", out, *JOB_ARGS, "--export", "mp4")
+    assert result.returncode == 2 and "unknown export kind 'mp4'" in result.stderr
+    assert not out.exists()
