@@ -1,0 +1,76 @@
+"""An export killed part-way leaves no file half written under its final name and no record for what it did not
+finish; the next export completes it, redoing only that."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import webdataset as wds
+
+import jobs.export.per_conversation as per_conversation
+import jobs.export.shards as shards
+from jobs.export.options import KINDS
+
+from .helpers import local_job, snapshot
+from .test_conversations import export
+from .test_hf import JOB
+
+
+class Killed(BaseException):
+    """Stands for the process being killed (not an Exception: nothing may catch it)."""
+
+
+def test_killed_while_encoding_then_resumed(tmp_path, monkeypatch):
+    storage, _ = local_job(tmp_path, JOB)
+    real, calls = per_conversation.write_audio, []
+
+    def dies_on_the_third(path, samples, fmt):
+        calls.append(path)
+        if len(calls) == 3:
+            with open(path, "wb") as f:
+                f.write(b"RIFF half")  # the scratch file, half written
+            raise Killed()
+        real(path, samples, fmt)
+
+    monkeypatch.setattr(per_conversation, "write_audio", dies_on_the_third)
+    with pytest.raises(Killed):
+        export(storage, kinds=("conversations",))
+    folder = tmp_path / "out/exports/conversations"
+    assert sorted(p.name for p in folder.iterdir()) == ["c00.json", "c00.wav", "c01.json", "c01.wav"]
+
+    first = snapshot(folder)
+    monkeypatch.setattr(per_conversation, "write_audio", real)
+    summary, _ = export(storage, kinds=("conversations",))
+    assert summary.exported["conversations"] == len(JOB) - 2 and summary.unchanged["conversations"] == 2
+    after = snapshot(folder)
+    assert all(after[name] == first[name] for name in first)
+
+
+def test_killed_between_shards_keeps_the_old_dataset_whole_then_rebuilds(tmp_path, monkeypatch):
+    storage, rows = local_job(tmp_path, JOB)
+    export(storage, kinds=("webdataset",), max_shard_mb=0.05)
+    folder = tmp_path / "out/exports/webdataset"
+    record = json.loads((folder / "_export.json").read_text())
+
+    from jobs.storage.outputs import OutputWriter  # a conversation is re-rendered: the dataset must be rebuilt
+    OutputWriter(storage).write_metadata("c03", rows["c03"][:2])
+    real, uploads = shards.ShardSeries.commit, []
+
+    def dies_on_the_second(self):
+        uploads.append(1)
+        if len(uploads) == 2:
+            raise Killed()
+        real(self)
+
+    monkeypatch.setattr(shards.ShardSeries, "commit", dies_on_the_second)
+    with pytest.raises(Killed):
+        export(storage, kinds=("webdataset",), max_shard_mb=0.05)
+    assert json.loads((folder / "_export.json").read_text()) == record  # the record still names the old build
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+    monkeypatch.setattr(shards.ShardSeries, "commit", real)
+    summary, _ = export(storage, kinds=("webdataset",), max_shard_mb=0.05)
+    samples = list(wds.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))), shardshuffle=False))
+    assert len(samples) == sum(len(r) for r in rows.values()) - (len(rows["c03"]) - 2)
+    assert "samples of 12 conversations" in summary.datasets["webdataset"]
