@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 
-from jobs.storage import Storage, open_storage
+from jobs.storage import TMP_PREFIX, LocalStorage, Storage, open_storage
 
 from jobs.export import per_conversation
 from jobs.export.destination import open_dest
@@ -25,6 +27,7 @@ from jobs.export.webdataset_shards import TarShards, sample_files, sample_key
 
 DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license"), "webdataset": ("max_shard_mb",)}
 _SHOWN = 10  # conversations named per line of the summary
+TEMP_MAX_AGE_S = 3600.0  # an export's temporary file this old was left by a killed export, not one still going
 
 
 @dataclass
@@ -78,6 +81,7 @@ def prepare(out: str, dest: str | None, opts: ExportOptions, s3_endpoint_url: st
 
 
 def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSummary:
+    remove_old_temps(dest)
     scan = view.scan()
     summary = ExportSummary(dest.url, opts.kinds, failed=scan.failed, in_progress=scan.in_progress)
     given = None
@@ -168,6 +172,23 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
                       {"shards": keys, "samples": tars.samples, "conversations": conversations})
         summary.datasets["webdataset"] = f"{tars.samples} samples of {conversations} conversations in " \
                                          f"{len(keys)} shard(s)"
+
+
+def remove_old_temps(dest: Storage) -> None:
+    """Temporary files a killed export left in a local DEST. Only old ones: exports take no lease (they only read
+    the job), so another export, or run --export, may be writing its own right now. (On S3 an unfinished upload
+    is invisible; a bucket lifecycle rule that aborts incomplete multipart uploads clears them.)"""
+    if not isinstance(dest, LocalStorage):
+        return
+    cutoff = time.time() - TEMP_MAX_AGE_S
+    for folder, _, names in os.walk(dest.url):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if name.startswith(TMP_PREFIX) and os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue
 
 
 def _dataset_digest(kind: str, opts: ExportOptions):

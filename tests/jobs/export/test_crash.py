@@ -74,3 +74,18 @@ def test_killed_between_shards_keeps_the_old_dataset_whole_then_rebuilds(tmp_pat
     samples = list(wds.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))), shardshuffle=False))
     assert len(samples) == sum(len(r) for r in rows.values()) - (len(rows["c03"]) - 2)
     assert "samples of 12 conversations" in summary.datasets["webdataset"]
+
+
+def test_an_old_temporary_file_of_a_killed_export_is_removed_a_fresh_one_kept(tmp_path):
+    import os
+    import time
+
+    storage, _ = local_job(tmp_path, {"a": [(1, None)]})
+    folder = tmp_path / "out/exports/conversations"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".tmp-a.wav-dead", folder / ".tmp-b.wav-live"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    export(storage, kinds=("conversations",))
+    assert not old.exists() and fresh.exists()
