@@ -164,6 +164,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         open_storage(out, s3_endpoint_url)
     except ValueError as e:
         _fail(f"--out {out}: {e}")
+    _check_cluster_access(address)
     try:
         summary = run_job(cfg)
     except ManifestError as e:
@@ -177,6 +178,18 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         _fail("interrupted: committed turns are kept; run the same command again to resume", EXIT_INTERRUPTED)
     click.echo(summary.text())
     sys.exit(summary.exit_code)
+
+
+def _check_cluster_access(address: str | None) -> None:
+    """A token-secured cluster that wants a token we lack, or refuses ours: exit 2 at once, before anything is
+    written (jobs/cluster/auth.py)."""
+    from jobs.cluster.auth import ClusterAuthError
+    from jobs.cluster.ray_pool import check_cluster_access
+
+    try:
+        check_cluster_access(address)
+    except ClusterAuthError as e:
+        _fail(str(e))
 
 
 def _export_kinds(value: str | None) -> tuple[str, ...]:

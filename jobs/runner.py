@@ -199,12 +199,11 @@ def _render(cfg: RunConfig, work: Work, summary: Summary, writer: OutputWriter,
     import ray
 
     from jobs.cluster.driver import Driver
-    from jobs.cluster.ray_pool import init_address, plan_workers, start_feeder
+    from jobs.cluster.ray_pool import connect, plan_workers, start_feeder
 
     owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(address=init_address(cfg.address), include_dashboard=False, log_to_driver=True,
-                 logging_level=logging.WARNING)
+    if owns_ray:  # connect: ray.init, a token-secured cluster's token checked first (jobs/cluster/auth.py)
+        connect(cfg.address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     try:
         count, resources = plan_workers(cfg, work.work_conversations)
         progress = Progress(total_turns=work.turns_to_render, conversations=work.work_conversations)

@@ -12,6 +12,7 @@ import ray
 from ray.util.metrics import Counter, Gauge
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from jobs.cluster import auth
 from jobs.cluster.feeder import Feeder
 from jobs.cluster.worker import RenderWorker
 
@@ -24,6 +25,43 @@ def init_address(address: str | None) -> str:
     which a killed `ray start` or test cluster leaves behind naming a dead address: ray.init then retries that
     address for minutes instead of starting a Ray."""
     return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def check_cluster_access(address: str | None) -> None:
+    """Before joining an existing cluster: when it has Ray token authentication on, make sure this process has a
+    token it takes and sends it (RAY_AUTH_MODE=token), or raise ClusterAuthError at once (jobs/cluster/auth.py).
+    A Ray of this process's own ("local") and Ray Client addresses (ray://) are left to Ray."""
+    address = init_address(address)
+    if address == "local" or "://" in address:
+        return
+    gcs = _gcs_address(address)
+    where = f"the Ray cluster at {gcs if address == 'auto' else address}"  # as the user wrote it
+    if gcs is not None and auth.check_access(where, auth.gcs_probe(gcs)) is not None:
+        if os.environ.get(auth.MODE_ENV) != "token":
+            auth.use_token_mode()
+
+
+def _gcs_address(address: str) -> str | None:
+    """host:port of the GCS that ray.init(address) would join ("auto": the cluster started on this machine, or
+    RAY_ADDRESS); None when there is none to ask, and ray.init then says so itself."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(address)
+    except Exception:  # no cluster found, or several: ray.init reports it in its own words
+        return None
+
+
+def connect(address: str | None, **init_kwargs) -> None:
+    """ray.init for a job: the address as init_address resolves it, a token-secured cluster checked first. A
+    refusal for the token (a bad RAY_AUTH_TOKEN_PATH, say, for a local Ray too) is one ClusterAuthError line."""
+    check_cluster_access(address)
+    try:
+        ray.init(address=init_address(address), **init_kwargs)
+    except Exception as e:
+        if auth.is_auth_failure(e):
+            raise auth.from_ray_error("Ray refused to start or join a cluster", e) from None
+        raise
 
 
 def plan_workers(cfg, num_items: int) -> tuple[int, dict]:

@@ -1,10 +1,12 @@
-"""How many render workers a job starts and what each asks Ray for (jobs.cluster.ray_pool.worker_plan)."""
+"""How many render workers a job starts and what each asks Ray for (jobs.cluster.ray_pool.worker_plan), and the
+check before joining a cluster that may have Ray token authentication on (check_cluster_access)."""
 
 from __future__ import annotations
 
 import pytest
 
-from jobs.cluster.ray_pool import worker_plan, worker_device
+from jobs.cluster.auth import ClusterAuthError
+from jobs.cluster.ray_pool import check_cluster_access, worker_plan, worker_device
 from jobs.runner import RunConfig
 
 
@@ -48,3 +50,81 @@ def test_logical_gpus_can_place_workers_that_compute_on_the_cpu():
     count, resources = worker_plan(cfg(device="cpu", gpus_per_worker=1), {"CPU": 4, "GPU": 3}, 100)
     assert (count, resources["num_gpus"]) == (3, 1)
     assert worker_device(cfg(device="cpu"), resources) == "cpu"
+
+
+@pytest.fixture(params=[True, False], ids=["token-secured", "open"])
+def gcs(request):
+    """A stand-in GCS: GetClusterId, refused without the token "good" when token-secured (as Ray's GCS refuses
+    it); yields (address, token-secured)."""
+    from concurrent import futures
+
+    import grpc
+
+    def get_cluster_id(_request, context):
+        if request.param and ("authorization", "Bearer good") not in context.invocation_metadata():
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidAuthToken: Authentication token is incorrect")
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("ray.rpc.NodeInfoGcsService", {
+        "GetClusterId": grpc.unary_unary_rpc_method_handler(get_cluster_id)}),))
+    port = server.add_insecure_port("0.0.0.0:0")  # ray.init (and so the check) resolves 127.0.0.1 to this host's IP
+    server.start()
+    yield f"127.0.0.1:{port}", request.param
+    server.stop(None)
+
+
+@pytest.fixture
+def token_mode_calls(monkeypatch):
+    """Records the switch to token mode instead of making it: it would change this test process's Ray config."""
+    from jobs.cluster import auth
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    monkeypatch.setattr(auth, "use_token_mode", lambda: calls.append("token"))
+    return calls
+
+
+def test_joining_sends_the_token_only_to_a_cluster_that_wants_one(gcs, token_mode_calls, monkeypatch):
+    address, secured = gcs
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "good")
+    check_cluster_access(address)
+    assert token_mode_calls == (["token"] if secured else [])
+
+
+@pytest.mark.parametrize("gcs", [True], ids=["token-secured"], indirect=True)
+def test_a_refused_token_is_a_clear_error_before_ray_init(gcs, token_mode_calls, monkeypatch):
+    address, _ = gcs
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "stale")
+    with pytest.raises(ClusterAuthError, match=f"the Ray cluster at {address} refused the token from RAY_AUTH_TOKEN"):
+        check_cluster_access(address)
+    assert token_mode_calls == []
+
+
+def test_a_ray_of_its_own_is_left_to_ray(token_mode_calls, monkeypatch):
+    from jobs.cluster import auth
+
+    monkeypatch.setattr(auth, "gcs_probe", lambda address: pytest.fail(f"asked {address}"))
+    check_cluster_access(None)
+    check_cluster_access("local")
+    assert token_mode_calls == []
+
+
+def test_rays_own_refusal_is_one_line(token_mode_calls, monkeypatch):
+    """A local Ray with RAY_AUTH_TOKEN_PATH naming no file: Ray raises a paragraph; the job says one line."""
+    from ray.exceptions import AuthenticationError
+
+    from jobs.cluster import ray_pool
+
+    def refuse(**_):
+        raise AuthenticationError("RAY_AUTH_TOKEN_PATH is set but file cannot be opened or is empty: /gone. Ensure "
+                                  "that the token is available.\nFor more information, see: https://docs.ray.io")
+
+    monkeypatch.setattr(ray_pool.ray, "init", refuse)
+    with pytest.raises(ClusterAuthError) as error:
+        ray_pool.connect("local")
+    message = str(error.value)
+    assert "\n" not in message and "docs.ray.io" not in message
+    assert message.startswith("Ray refused to start or join a cluster: RAY_AUTH_TOKEN_PATH is set but file cannot "
+                              "be opened or is empty: /gone; give this machine the cluster's token in RAY_AUTH_TOKEN")
