@@ -14,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from jobs.cluster import auth
+
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 POLL_S = 1.0  # how often --wait asks the cluster for new log lines and the job's status
 
@@ -47,9 +49,7 @@ def project_runtime_env(upload: bool) -> dict:
 
 
 def submit(address: str, run_args: list[str], submission_id: str | None, upload: bool = True) -> Submission:
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
+    client = jobs_client(address)
     if submission_id:
         existing = _status(client, submission_id)
         if existing is not None:
@@ -69,9 +69,7 @@ def submit(address: str, run_args: list[str], submission_id: str | None, upload:
 def follow(address: str, submission_id: str, out=sys.stdout) -> tuple[str, int]:
     """Print the job's logs as they grow until it ends; returns (final status, exit code for this command):
     the job's own exit code when it ran (0 done, 1 some conversations failed, 2 bad input), else 1."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
+    client = jobs_client(address)
     printed = 0
     while True:
         status = str(client.get_job_status(submission_id).value)
@@ -84,6 +82,20 @@ def follow(address: str, submission_id: str, out=sys.stdout) -> tuple[str, int]:
             code = info.driver_exit_code
             return status, code if code is not None else (0 if status == "SUCCEEDED" else 1)
         time.sleep(POLL_S)
+
+
+def jobs_client(address: str):
+    """A Jobs API client that sends the cluster's token when its dashboard has Ray token authentication on (in
+    the Authorization header, as Ray's own clients do); a missing or refused token is one ClusterAuthError line."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = auth.check_access("the cluster's Jobs API", auth.jobs_api_probe(address))
+    try:
+        return JobSubmissionClient(address, headers=token.header() if token else None)
+    except Exception as e:
+        if auth.is_auth_failure(e):  # refused after all (the token changed between the probe and now)
+            raise auth.from_ray_error("the cluster's Jobs API", e) from None
+        raise
 
 
 def _status(client, submission_id: str) -> str | None:
