@@ -381,9 +381,11 @@ def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
 @click.option("--logical-gpus", default=0, type=click.IntRange(0),
               help="Start a local Ray with this many logical GPUs, one per worker (placement only; the model runs "
               "on --device): each worker is then a fixed unit of compute, one core each on CPU.")
+@click.option("--address", default=None, help="Ray cluster to join, as for `run` (default: RAY_ADDRESS, else a "
+              "new local Ray).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per worker count.")
 def bench_scaling(model, worker_counts, conversations, turns, max_audio_length_ms, device, batch_size,
-                  gpus_per_worker, logical_gpus, as_json) -> None:
+                  gpus_per_worker, logical_gpus, address, as_json) -> None:
     """Throughput of one synthetic job with 1..N workers, as ratios to the first count (render phase only)."""
     import json
 
@@ -394,8 +396,12 @@ def bench_scaling(model, worker_counts, conversations, turns, max_audio_length_m
     except ValueError:
         _fail(f"--workers takes comma-separated whole numbers, not {worker_counts!r}")
     batch = batch_size if batch_size == "auto" else int(batch_size)
+    if logical_gpus and address:
+        _fail("--logical-gpus starts a local Ray of its own: leave out --address")
+    if not logical_gpus:
+        _check_cluster_access(address)
     rows = measure(model, counts, conversations, turns, max_audio_length_ms, device, batch, gpus_per_worker,
-                   logical_gpus)
+                   logical_gpus, address)
     for row in rows:
         click.echo(json.dumps(row) if as_json else
                    f"workers {row['workers']}: {row['audio_s_per_s']:.2f} audio s/s over {row['render_s']:.1f} s "

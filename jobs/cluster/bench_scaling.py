@@ -28,9 +28,10 @@ def synthetic_job(conversations: int, turns: int, seed: int = 0) -> list[Convers
 
 def measure(model: str, workers: list[int], conversations: int, turns: int, max_audio_length_ms: int,
             device: str = "cpu", batch_size: int | str = "auto", gpus_per_worker: float | None = None,
-            logical_gpus: int = 0) -> list[dict]:
+            logical_gpus: int = 0, address: str | None = None) -> list[dict]:
     """`logical_gpus` > 0: start a local Ray with that many logical GPUs and give each worker one of them, so a
-    worker is a fixed unit of compute (one core each on CPU) as a GPU worker would be."""
+    worker is a fixed unit of compute (one core each on CPU) as a GPU worker would be. Else each count's job
+    joins `address` as `run` does (a token-secured cluster included), or starts a local Ray."""
     import ray
 
     job = synthetic_job(conversations, turns)
@@ -39,18 +40,18 @@ def measure(model: str, workers: list[int], conversations: int, turns: int, max_
         ray.init(address="local", num_gpus=logical_gpus, include_dashboard=False, logging_level="WARNING")
         gpus_per_worker = 1.0
     try:
-        return _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker)
+        return _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker, address)
     finally:
         if logical_gpus:
             ray.shutdown()
 
 
-def _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker) -> list[dict]:
+def _rows(model, workers, job, max_audio_length_ms, device, batch_size, gpus_per_worker, address) -> list[dict]:
     rows = []
     for count in workers:
         with tempfile.TemporaryDirectory(prefix="csm-render-bench-") as out:
             cfg = RunConfig(manifests=[], out=out, model=model, device=device, batch_size=batch_size,
-                            workers=count, gpus_per_worker=gpus_per_worker,
+                            workers=count, gpus_per_worker=gpus_per_worker, address=address,
                             defaults=Defaults(max_audio_length_ms=max_audio_length_ms, top_k=50))
             summary = run_job(cfg, job)
         if summary.failed:
