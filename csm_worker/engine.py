@@ -15,12 +15,15 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 import numpy as np
 import torch
 
 from .codec import Codec
 from .model import CsmModel
+from .prefix_cache import DEFAULT_BYTES as DEFAULT_PREFIX_BYTES
+from .prefix_cache import PrefixCache, prefix_key
 from .prompt import Span, TextEncoder, embed_spans, span_for
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
 from .row_split import RowSplit
@@ -72,12 +75,14 @@ class _Turn:
 
 class Engine:
     def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True,
-                 workers: int | None = None, static: bool | None = None, graphs: bool | None = None):
+                 workers: int | None = None, static: bool | None = None, graphs: bool | None = None,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES):
         """`workers`: CPU threads a decode step is split over by rows (row_split.py); default: the model's
         backend says (the cpu backend: torch's intra-op thread count; portable: none, inline).
         `static`: decode with the fixed-shape step (static_step.py); default: on CUDA. `graphs`: replay that
         step as CUDA graphs (cuda_graphs.py; implies static); default: on CUDA. Without CUDA, or when capture
-        fails, the same step runs eagerly (logged)."""
+        fails, the same step runs eagerly (logged). `prefix_cache_bytes`: how much backbone KV of shared leading
+        given turns (a job's cast) is kept to copy into new slots instead of prefilling it again (0: none)."""
         self.model, self.codec, self.text = model, codec, TextEncoder(tokenizer)
         self.batch_size = batch_size
         self.decode_audio = decode_audio
@@ -91,7 +96,8 @@ class Engine:
         self.convs: list[_Conversation | None] = [None] * batch_size
         self.turns: list[_Turn | None] = [None] * batch_size
         self._sampling = [(1.0, 1, 0)] * batch_size  # (temperature, top_k, seed) per row
-        self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0}
+        self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0, "prefix_positions_copied": 0}
+        self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._to_prefill: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (embeddings, start position)
         self.static = self._static_step(static, graphs)
 
@@ -176,6 +182,8 @@ class Engine:
         if conv.context_len + len(new) + req.max_frames > self.model.window:
             self._drop_oldest(conv, len(new) + req.max_frames)
             self.pos[row] = 0  # the kept context is prefilled again from position 0
+        if self.pos[row] == 0 and self.prefixes is not None:
+            self.pos[row] = self._load_prefix(row, conv)
         unfed = conv.context_len - self.pos[row]
         embeds = torch.cat([embed_spans(self.model, conv.history, unfed), self.model.embed_text(new.tokens)]) \
             if unfed else self.model.embed_text(new.tokens)
@@ -187,6 +195,24 @@ class Engine:
         self._sampling[row] = (req.temperature, req.top_k, req.seed)
         if self.static:
             self.static.start_turn(row, self.pos[row], *self._sampling[row])
+
+    def _load_prefix(self, row: int, conv: _Conversation) -> int:
+        """Put the KV of the conversation's leading given turns (voice prompts) in the row's cache: copied when
+        another conversation had the same ones, else prefilled on their own and kept. Returns their length."""
+        lead = list(takewhile(lambda span: span.given, conv.history))
+        if not lead:
+            return 0
+        length, key = sum(len(s) for s in lead), prefix_key(lead)
+        k_cache, v_cache = self.caches["backbone"]
+        found = self.prefixes.get(key)
+        if found is not None:
+            k_cache[:, row, :, :length], v_cache[:, row, :, :length] = found
+            self.stats["prefix_positions_copied"] += length
+            return length
+        self.model.prefill(self.caches, row, [embed_spans(self.model, lead)], [0])
+        self.prefixes.put(key, k_cache[:, row, :, :length], v_cache[:, row, :, :length])
+        self.stats["prefill_positions"] += length
+        return length
 
     def _drop_oldest(self, conv: _Conversation, room: int) -> None:
         """Drop the oldest rendered turns until `room` positions and WINDOW_SLACK more are free (or nothing but
