@@ -115,9 +115,11 @@ class IgnoringStorage(RacingStorage):
     within a renewal.)"""
 
     def write_new(self, key, data):
+        if key.startswith(layout.LOCKS):
+            self.barrier.wait(timeout=10)  # both looked and saw OUT free: neither has written yet
         self.write_bytes(key, data)
         if key.startswith(layout.LOCKS):
-            self.barrier.wait(timeout=10)
+            self.barrier.wait(timeout=10)  # both wrote before either looks again
         return True
 
 
