@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import sys
 from contextlib import contextmanager
 
@@ -152,6 +153,8 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     if batch_size != "auto" and not (batch_size.isdigit() and 0 < int(batch_size) <= 4096):
         _fail(f"--batch-size must be a positive integer or auto, not {batch_size!r}")
     batch_size = batch_size if batch_size == "auto" else int(batch_size)
+    if "://" not in out:  # workers on other nodes would resolve a relative OUT from their own folder
+        out = os.path.abspath(out)
     cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
                     dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
                     gpus_per_worker=gpus_per_worker, max_attempts=max_attempts, watchdog_s=watchdog_s,
