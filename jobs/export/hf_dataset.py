@@ -45,29 +45,45 @@ def is_shard(key: str) -> bool:
 
 
 class SplitWriter:
-    """One split's shards, a row group per conversation (or per ROW_GROUP rows)."""
+    """One split's shards. Rows are buffered to ROW_GROUP before they are written (a row group per conversation
+    would make thousands of row groups, each with its own footer entry), and no statistics are kept for the audio
+    column: min/max of a binary column are whole values, kilobytes per row group, all held in memory until the
+    footer (it was 54 MB of footer and 270 MB of memory for a 256 MB shard)."""
 
     def __init__(self, dest: Storage, scratch: str, split: str, max_bytes: int):
         self.series = ShardSeries(dest, scratch, lambda n: f"{PREFIX}data/{split}-{n:06d}.parquet", max_bytes)
         self.writer: pq.ParquetWriter | None = None
+        self.pending: list[dict] = []
+        self.pending_bytes = 0
         self.rows = 0
         self.audio_bytes = 0
         self.seconds = 0.0
 
     def add(self, rows: list[dict]) -> None:
+        """One conversation's rows: all in one shard."""
         size = sum(len(r["audio"]["bytes"]) for r in rows)
-        if self.series.needs_roll(size):
+        if self.series.needs_roll(self.pending_bytes + size):
             self._close_shard()
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.series.open_path(), SCHEMA, compression="zstd")
-        self.writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), row_group_size=ROW_GROUP)
+            self.writer = pq.ParquetWriter(self.series.open_path(), SCHEMA, compression="zstd",
+                                           write_statistics=[n for n, _, _ in _VALUE_TYPES])
+        self.pending += rows
+        self.pending_bytes += size
         self.series.items += len(rows)
         self.rows += len(rows)
         self.audio_bytes += size
         self.seconds += sum(r["duration"] for r in rows)
+        if len(self.pending) >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.Table.from_pylist(self.pending, schema=SCHEMA), row_group_size=ROW_GROUP)
+            self.pending, self.pending_bytes = [], 0
 
     def _close_shard(self) -> None:
         if self.writer is not None:
+            self._flush()
             self.writer.close()
             self.writer = None
             self.series.commit()
