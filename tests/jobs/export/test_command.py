@@ -125,3 +125,15 @@ def test_an_out_that_is_not_a_job_exits_2(tmp_path, csm_render):
     result = csm_render("export", tmp_path / "notajob")
     assert result.returncode == 2 and "is not a job's output (no job.json)" in result.stderr
     assert os.listdir(tmp_path / "notajob") == []
+
+
+def test_new_run_clears_the_exports_made_from_the_run_it_discards(tmp_path):
+    from jobs.runner import clear_previous_run
+
+    storage, _ = local_job(tmp_path, JOB)
+    export(storage, kinds=("captions",))
+    other = tmp_path / "elsewhere"
+    export(storage, kinds=("captions",), dest=str(other))
+    clear_previous_run(storage)
+    assert not storage.list("exports/") and not storage.list("metadata/")
+    assert list(other.glob("captions/*.srt"))  # an export outside OUT is the user's
