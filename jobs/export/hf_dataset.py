@@ -137,8 +137,8 @@ KNOWN_LICENSES = {"sesame/csm-1b": "apache-2.0"}  # the model card's license fie
 
 def license_for(model: str) -> str:
     if model.startswith("random:"):
-        return "apache-2.0"  # seeded random weights of the architecture: no model license applies; the code's
-    return KNOWN_LICENSES.get(model, "other")
+        return KNOWN_LICENSES["sesame/csm-1b"]  # random weights of that architecture: its terms, to be safe
+    return KNOWN_LICENSES.get(model, "other")  # unknown: "other", and --license to say which
 
 
 def dataset_card(counts: dict, fingerprint: dict, license_id: str, conversations: int) -> str:
