@@ -22,6 +22,11 @@ model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
 # everything is alive avoids that (apache/arrow#34314). Registered first, so it runs last of the atexit handlers.
 atexit.register(gc.collect)
 revision_option = click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+# None, not "auto", by default: an explicit choice overrides $CSM_RENDER_BACKEND, the default leaves it to it.
+backend_option = click.option("--backend", default=None, type=click.Choice(["auto", "cpu", "portable"]),
+                              help="The engine's kernels: cpu (oneDNN, TorchScript, C top-k; CPU only), portable "
+                                   "(plain PyTorch, what CUDA runs) or auto (default: $CSM_RENDER_BACKEND, else "
+                                   "auto: cpu on CPU, portable elsewhere).")
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -98,6 +103,7 @@ _JOB_OPTIONS = [
     click.option("--dtype", default="auto", show_default=True,
                  type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
                  help="auto: float32 on CPU, bfloat16 on CUDA."),
+    backend_option,
     click.option("--batch-size", default="auto", show_default=True,
                  help="Conversations each worker renders at once, or auto (GPU: from free memory; CPU: 32)."),
     click.option("--workers", default=None, type=click.IntRange(1),
@@ -141,7 +147,7 @@ def job_options(command):
               "OUT/exports/, with export's defaults.")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
-        new_run, voices, export_kinds) -> None:
+        new_run, voices, export_kinds, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.storage.jobrecord import JobMismatch
     from jobs.manifests.manifest import ManifestError
@@ -160,7 +166,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     gpus_per_worker=gpus_per_worker, max_attempts=max_attempts, watchdog_s=watchdog_s,
                     lock_wait_s=lock_wait_s,
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
-                    voices=voices,
+                    voices=voices, backend=backend,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
     cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
     try:
@@ -345,7 +351,8 @@ def export(out, kinds, dest, audio_format, pause_ms, fade_ms, loudness_lufs, tru
 @click.option("--hf-frames", default=20, show_default=True, type=click.IntRange(2),
               help="Frames for transformers' generate (slow; fewer frames keep the run short).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
+@backend_option
+def bench(model, device, dtype, batch_size, frames, hf_frames, as_json, backend) -> None:
     """Measure the engine against transformers' generate on the same weights, in the same run."""
     import json
 
@@ -353,7 +360,7 @@ def bench(model, device, dtype, batch_size, frames, hf_frames, as_json) -> None:
     from csm_worker import load_csm_1b
 
     try:
-        gen = load_csm_1b(device, model, None if dtype == "auto" else dtype)
+        gen = load_csm_1b(device, model, None if dtype == "auto" else dtype, backend=backend)
     except ModelLoadError as e:
         _fail(str(e))
     if batch_size == "auto":

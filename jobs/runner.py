@@ -49,6 +49,7 @@ class RunConfig:
     lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/storage/run_lock.py)
     export: tuple[str, ...] = ()  # run --export: kinds made as conversations complete, then at the end (jobs/export)
     voices: str | None = None  # --voices: the cast file or folder
+    backend: str | None = None  # --backend (csm_worker/backends); None: $CSM_RENDER_BACKEND, else auto
     cast: Cast | None = None  # read from `voices` by run_job; the workers get it with the config
 
 

@@ -111,8 +111,9 @@ class Driver:
         self.failed_starts = 0
         self.slots += worker.slots
         self.summary.node_of_worker[worker.id] = info["node"]
-        print(f"worker {worker.id}: {info['device']} {info['dtype']}, batch size {info['batch_size']}, "
-              f"node {info['node'][:12]}", file=sys.stderr)
+        why = f" ({info['batch_size_why']})" if info.get("batch_size_why") else ""
+        print(f"worker {worker.id}: {info['device']} {info['dtype']}, {info.get('backend')} backend, batch size "
+              f"{info['batch_size']}{why}, node {info['node'][:12]}", file=sys.stderr)
         check_weights(self.writer.storage, info["weights_hash"])
 
     def _lost(self, stream, error: Exception) -> None:

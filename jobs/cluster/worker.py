@@ -39,8 +39,8 @@ class RenderWorker:
     def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None,
                  batch_size: int | str = 8,
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None,
-                 cast: Cast | None = None):
-        self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype)
+                 cast: Cast | None = None, backend: str | None = None):
+        self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype, backend=backend)
         self.cast = cast
         self._prompt_audio: dict[str, object] = {}  # the cast's recordings, read once per worker
         if batch_size == "auto":
@@ -51,8 +51,10 @@ class RenderWorker:
         self.batch_size = batch_size
 
     def info(self) -> dict:
+        budget = getattr(self.generator, "slot_budget", None)  # set when --batch-size auto sized it from memory
         return {"device": str(self.generator.device), "dtype": str(self.generator.model.dtype).replace("torch.", ""),
-                "batch_size": self.batch_size, "weights_hash": self.generator.loaded.weights_hash}
+                "batch_size": self.batch_size, "weights_hash": self.generator.loaded.weights_hash,
+                "backend": self.generator.model.backend.name, "batch_size_why": budget.describe() if budget else None}
 
     def render(self, feed: "Feed") -> Iterator[dict]:
         """Render conversations taken from `feed` until it has no more. Yields {"event": "ready", ...} once the

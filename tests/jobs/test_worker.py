@@ -171,3 +171,10 @@ def test_a_worker_given_up_for_dead_writes_no_more_of_its_conversation(worker, t
     assert storage.exists(layout.commit_key("c", 0)) and not storage.exists(layout.commit_key("c", 1))
     assert not storage.exists(layout.failure_key("c")) and not storage.exists(layout.metadata_key("c"))
     assert feeder.depth() == 1  # requeued for another worker
+
+
+@pytest.mark.parametrize("backend", ["cpu", "portable"])
+def test_the_backend_asked_for_is_the_one_the_worker_renders_with(csm_cache, tmp_path, backend):
+    """`run --backend` (passed on by `submit`) reaches the worker's engine, and the worker says which it has."""
+    worker = RenderWorker("random:tiny", str(tmp_path / "out"), device="cpu", batch_size=1, backend=backend)
+    assert worker.generator.model.backend.name == backend and worker.info()["backend"] == backend
