@@ -9,8 +9,10 @@ from jobs.export.timeline import Placement
 from jobs.export.reader import SAMPLE_RATE
 
 
-def speaker_label(speaker: int) -> str:
-    return f"Speaker {speaker}"
+def speaker_label(turn) -> str:
+    """The cast voice's name when the job had one for this turn (`--voices`), else "Speaker N"."""
+    name = (turn.row or {}).get("voice_name")
+    return name or f"Speaker {turn.speaker}"
 
 
 def _ms(samples: int) -> int:
@@ -31,14 +33,14 @@ def _one_line(text: str) -> str:
 
 
 def srt(placements: list[Placement]) -> str:
-    cues = [f"{n}\n{_clock(p.start, ',')} --> {_clock(p.end, ',')}\n{speaker_label(p.turn.speaker)}: "
+    cues = [f"{n}\n{_clock(p.start, ',')} --> {_clock(p.end, ',')}\n{speaker_label(p.turn)}: "
             f"{_one_line(p.turn.text)}\n" for n, p in enumerate(placements, start=1)]
     return "\n".join(cues)
 
 
 def webvtt(placements: list[Placement]) -> str:
     cues = [f"turn-{p.turn.turn_index}\n{_clock(p.start, '.')} --> {_clock(p.end, '.')}\n"
-            f"<v {speaker_label(p.turn.speaker)}>{_escape(_one_line(p.turn.text))}\n" for p in placements]
+            f"<v {_escape(speaker_label(p.turn))}>{_escape(_one_line(p.turn.text))}\n" for p in placements]
     return "WEBVTT\n\n" + "\n".join(cues)
 
 

@@ -25,9 +25,10 @@ def turn_audio(cid: str, idx: int, frames: int) -> np.ndarray:
 
 
 def make_job(storage: Storage, conversations: dict[str, list[tuple[int, int | None]]], *, failed=(),
-             unfinished=(), audio_format="wav", model="random:tiny") -> dict[str, list[dict]]:
+             unfinished=(), audio_format="wav", model="random:tiny", voices=None) -> dict[str, list[dict]]:
     """conversations: id -> [(frames, pause_ms), ...] per turn. `failed` ids get a failure record (after their
     rows, as a failed attempt leaves them); `unfinished` ids only commit records (still rendering).
+    `voices`: speaker -> the cast voice name its turns were conditioned on (`--voices`).
     Returns the metadata rows by conversation."""
     ensure_job_record(storage, fingerprint(model, None, audio_format,
                                            {"temperature": 0.9, "top_k": 50, "max_audio_length_ms": 10_000,
@@ -40,7 +41,8 @@ def make_job(storage: Storage, conversations: dict[str, list[tuple[int, int | No
             turn = RenderedTurn(cid, idx, idx % 2, f"Turn {idx} of {cid}, said clearly.",
                                 codes=np.full((32, frames), 7), seed=100 + idx, end_reason="eos",
                                 audio=turn_audio(cid, idx, frames))
-            rows[cid].append(writer.commit_turn(turn, 0.9, 50, pause_ms))
+            name = (voices or {}).get(turn.speaker)
+            rows[cid].append(writer.commit_turn(turn, 0.9, 50, pause_ms, voice=(name, name and f"hash-{name}")))
         if cid in failed:
             writer.write_failure(cid, "WorkerLost", "its worker died 3 time(s)", 3, len(turns))
         if cid not in unfinished:

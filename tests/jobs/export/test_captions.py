@@ -48,3 +48,13 @@ def test_captions_end_where_the_stitched_audio_says(tmp_path):
     turns = json.loads((tmp_path / "out/exports/captions/talk.json").read_text())["turns"]
     audio = json.loads((tmp_path / "out/exports/conversations/talk.json").read_text())
     assert turns[-1]["end_sample"] + round(turns[-1]["pause_after_s"] * SR) == audio["num_samples"]
+
+
+def test_a_cast_voice_names_its_speaker_in_the_captions(tmp_path):
+    """With `--voices`, a turn's metadata names the voice it was conditioned on: captions use that name."""
+    storage, rows = local_job(tmp_path, {"talk": [(2, None), (3, None), (2, None)]}, voices={0: "Ann"})
+    export(storage, kinds=("captions",))
+    folder = tmp_path / "out/exports/captions"
+    assert [c.content.split(":")[0] for c in srt.parse((folder / "talk.srt").read_text())] == \
+        ["Ann", "Speaker 1", "Ann"]
+    assert [c.voice for c in webvtt.read(str(folder / "talk.vtt")).captions] == ["Ann", "Speaker 1", "Ann"]
