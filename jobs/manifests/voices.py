@@ -72,11 +72,12 @@ def read_cast(arg: str, s3_endpoint_url: str | None = None) -> Cast:
         rows: list[tuple[str, int, dict]] = []
         for path in files:
             rows += _read_rows(path, problems)
-        cast = _build(rows, problems, check_audio=not local.has_remote)
+        # A recording beside an s3:// cast is named by its s3:// URI (the local copy goes away with the block).
+        cast = _build(rows, problems, check_audio=not local.has_remote, name=local.name)
         if problems:
             raise ManifestError(local.problems(problems))
         cast.source = arg
-        cast.hash = _cast_hash(cast)
+        cast.hash = _cast_hash(cast, s3_endpoint_url)
         return cast
 
 
@@ -103,7 +104,7 @@ def _read_rows(path: str, problems: list[Problem]) -> list[tuple[str, int, dict]
         [c for c in (*REQUIRED, *OPTIONAL) if c in table.column_names]).to_pylist())]
 
 
-def _build(rows, problems: list[Problem], check_audio: bool) -> Cast:
+def _build(rows, problems: list[Problem], check_audio: bool, name=lambda path: path) -> Cast:
     probe, cast, seen = AudioProbe(), Cast(), {}
     for path, i, row in rows:
         bad = lambda column, message: problems.append(Problem(path, None, None, column, message, row=i))
@@ -117,7 +118,7 @@ def _build(rows, problems: list[Problem], check_audio: bool) -> Cast:
         if not audio:
             bad("audio", "audio is empty: give the path or s3:// URI of the speaker's recording")
             continue
-        resolved = resolve_audio(audio, path)
+        resolved = name(resolve_audio(audio, path))
         issue, duration = (scheme_problem(resolved), None)
         if issue is None and check_audio:
             issue, duration = probe.check(resolved)
@@ -141,24 +142,24 @@ def _build(rows, problems: list[Problem], check_audio: bool) -> Cast:
     return cast
 
 
-def _cast_hash(cast: Cast) -> str:
+def _cast_hash(cast: Cast, s3_endpoint_url: str | None = None) -> str:
     """Each voice's hash covers its name, transcripts and recordings' bytes; the cast's covers every voice."""
     whole = hashlib.sha256()
     for speaker in sorted(cast.voices):
         voice = cast.voices[speaker]
         h = hashlib.sha256(f"{speaker}\0{voice.name or ''}".encode())
         for p in voice.prompts:
-            h.update(b"\0" + p.text.encode() + b"\0" + hashlib.sha256(_read_audio_bytes(p.audio)).digest())
+            h.update(b"\0" + p.text.encode() + b"\0" + hashlib.sha256(_read_audio_bytes(p.audio, s3_endpoint_url)).digest())
         voice.hash = h.hexdigest()[:16]
         whole.update(voice.hash.encode())
     return whole.hexdigest()[:16]
 
 
-def _read_audio_bytes(location: str) -> bytes:
+def _read_audio_bytes(location: str, s3_endpoint_url: str | None) -> bytes:
     if location.startswith("s3://"):
         from jobs.storage.s3 import read_uri_bytes
 
-        return read_uri_bytes(location, None)
+        return read_uri_bytes(location, s3_endpoint_url)
     with open(location, "rb") as f:
         return f.read()
 

@@ -174,3 +174,14 @@ def test_run_with_a_cast_records_it_shows_it_and_refuses_another(tmp_path, csm_r
     tone(tmp_path / "cast" / "b.wav", hz=333.0)  # another voice for Bo: another cast, another job
     again = csm_render("run", manifest, "--out", out, "--voices", cast_file, *args)
     assert again.returncode == 2 and "voices:" in again.stderr and "--new-run" in again.stderr
+
+
+def test_a_cast_on_s3_names_its_recordings_by_s3_uri_and_hashes_them(raw, bucket, tmp_path):
+    """A cast file and its recordings under an s3:// prefix (moto's server): the relative audio paths resolve
+    against that prefix, and the hashes are the ones of the same cast read locally."""
+    local = read_cast(write_cast(tmp_path / "cast"))
+    for path in (tmp_path / "cast").iterdir():
+        raw.put_object(Bucket=bucket, Key=f"casts/{path.name}", Body=path.read_bytes())
+    remote = read_cast(f"s3://{bucket}/casts/cast.parquet")
+    assert [p.audio for p in remote.voices[1].prompts] == [f"s3://{bucket}/casts/b.wav"]
+    assert (remote.hash, remote.voices[0].hash) == (local.hash, local.voices[0].hash)
