@@ -5,7 +5,7 @@ faster paths rest on one bound: split each row's V values into G groups (column 
 each group's max. A value among the row's k largest lies in one of the k groups with the largest maxima, since
 were its group outside them, k other groups would each hold a larger value.
 
-- native_topk.py (C, when a compiler is present): ~4 us per row.
+- native_topk.py (C, when a compiler is present): ~3 us per row.
 - grouped(): the same bound in torch ops, two small top-ks (~8 us per row), where no compiler is.
 Both are exact; within runs of tied values they may order the tied entries differently from torch.topk (which
 documents no order for ties either).

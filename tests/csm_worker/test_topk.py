@@ -129,3 +129,14 @@ def test_draws_equal_those_of_torch_topk(lib, monkeypatch):
                            for c in range(20)]
         for a, b in zip(draws["fast"], draws["torch"]):
             assert torch.equal(a, b)
+
+
+def test_native_skips_nans_and_pads_a_row_with_too_few_values(lib):
+    x = torch.randn(3, 2051)
+    x[0, ::2] = float("nan")  # half the row: NaNs never enter the top-k
+    x[1, 30:] = float("nan")  # 30 values left for k = 50
+    v, i = native_topk.top_k(lib, x, 50, 100)
+    clean = torch.nan_to_num(x[0], nan=float("-inf"))
+    assert torch.equal(v[0], clean.topk(50).values) and torch.equal(i[0], clean.topk(50).indices)
+    assert torch.equal(v[1, :30], x[1, :30].topk(30).values)
+    assert torch.equal(v[1, 30:], torch.full((20,), float("-inf"))) and torch.equal(i[1, 30:], torch.zeros(20).long())
