@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .prefix_cache import DEFAULT_BYTES as PREFIX_CACHE_BYTES
+
 log = logging.getLogger(__name__)
 
 GIB = 2**30
@@ -32,12 +34,13 @@ class SlotBudget:
     cache_per_slot: int
     step_per_slot: int
     reserve: int
+    prefix_cache: int = 0
 
     def describe(self) -> str:
         mib = lambda b: f"{b / 2**20:.1f} MiB"
-        return (f"{self.slots} slots: free {self.free / GIB:.1f} GiB - {self.reserve / GIB:.1f} GiB reserved, "
-                f"x {FREE_FRACTION}, / ({mib(self.cache_per_slot)} KV cache + {mib(self.step_per_slot)} step "
-                f"temporaries per slot), at most {MAX_SLOTS}")
+        return (f"{self.slots} slots: free {self.free / GIB:.1f} GiB - {self.reserve / GIB:.1f} GiB reserved "
+                f"- {mib(self.prefix_cache)} prefix cache, x {FREE_FRACTION}, / ({mib(self.cache_per_slot)} KV "
+                f"cache + {mib(self.step_per_slot)} step temporaries per slot), at most {MAX_SLOTS}")
 
 
 def step_bytes_per_slot(model) -> int:
@@ -56,15 +59,17 @@ def step_bytes_per_slot(model) -> int:
     return attention + mlp + draws
 
 
-def plan_slots(free: int, cache_per_slot: int, step_per_slot: int, reserve: int = RESERVE_BYTES) -> SlotBudget:
-    usable = max(0, int((free - reserve) * FREE_FRACTION))
+def plan_slots(free: int, cache_per_slot: int, step_per_slot: int, reserve: int = RESERVE_BYTES,
+               prefix_cache: int = 0) -> SlotBudget:
+    usable = max(0, int((free - reserve - prefix_cache) * FREE_FRACTION))
     slots = max(1, min(MAX_SLOTS, usable // (cache_per_slot + step_per_slot)))
-    return SlotBudget(slots, free, cache_per_slot, step_per_slot, reserve)
+    return SlotBudget(slots, free, cache_per_slot, step_per_slot, reserve, prefix_cache)
 
 
-def auto_slots(model) -> SlotBudget:
-    """The slot count for `model` on its CUDA device, from the memory free now (weights already loaded)."""
+def auto_slots(model, prefix_cache_bytes: int = PREFIX_CACHE_BYTES) -> SlotBudget:
+    """The slot count for `model` on its CUDA device, from the memory free now (weights already loaded), with
+    `prefix_cache_bytes` (the engine's prefix cache limit) set aside."""
     free, _ = torch.cuda.mem_get_info(model.device)
-    budget = plan_slots(free, model.cache_bytes_per_row(), step_bytes_per_slot(model))
+    budget = plan_slots(free, model.cache_bytes_per_row(), step_bytes_per_slot(model), prefix_cache=prefix_cache_bytes)
     log.info("--batch-size auto: %s", budget.describe())
     return budget
