@@ -116,7 +116,8 @@ class RenderWorker:
             item, attempt = got
             if attempt > 1:  # a retry: a worker that died may have committed more turns since the plan was made
                 item = WorkItem(item.spec, self.writer.committed(item.conversation_id))
-            state[item.conversation_id] = _Progress(item, attempt)
+            voiced = self.cast.speakers_for(item.spec.turns) if self.cast is not None else ()
+            state[item.conversation_id] = _Progress(item, attempt, voiced)
             try:
                 request = self._request(item)
             except Exception as e:  # unreadable voice prompt, missing codes: this conversation fails alone
@@ -159,7 +160,7 @@ class RenderWorker:
 
     def _voice_of(self, progress: "_Progress", speaker: int) -> tuple[str | None, str | None]:
         """(name, hash) of the cast voice a turn of this speaker was conditioned on, or (None, None)."""
-        if self.cast is None or speaker not in self.cast.speakers_for(progress.item.spec.turns):
+        if speaker not in progress.voiced:
             return None, None
         voice = self.cast.voices[speaker]
         return voice.name, voice.hash
@@ -247,9 +248,10 @@ class Feed(Protocol):
 
 
 class _Progress:
-    def __init__(self, item: WorkItem, attempt: int = 1):
+    def __init__(self, item: WorkItem, attempt: int = 1, voiced=()):
         self.item = item
         self.attempt = attempt
+        self.voiced = frozenset(voiced)  # speakers conditioned on a cast voice (found once, read per turn)
         self.rows: list[dict] = []
         self.error: tuple[str, str] | None = None
         self.superseded = False  # another worker or run committed one of its turns
