@@ -28,7 +28,7 @@ from .prompt import Span, TextEncoder, embed_spans, span_for
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
 from .row_split import RowSplit
 from .sampling import SamplingParams, effective
-from .static_step import StaticStep
+from .static_step import StaticStep, row_bucket
 
 
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
@@ -96,7 +96,8 @@ class Engine:
         self.convs: list[_Conversation | None] = [None] * batch_size
         self.turns: list[_Turn | None] = [None] * batch_size
         self._sampling = [(1.0, 1, 0)] * batch_size  # (temperature, top_k, seed) per row
-        self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0, "prefix_positions_copied": 0}
+        self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0, "prefix_positions_copied": 0,
+                      "rows_moved": 0}
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._to_prefill: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (embeddings, start position)
         self.static = self._static_step(static, graphs)
@@ -259,8 +260,9 @@ class Engine:
 
     def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
         self._flush_prefills()
+        self._compact()
         hi = 1 + max(r for r in range(self.batch_size) if self.turns[r] is not None)
-        codes_np = self._static_codes() if self.static else torch.cat(self.split.run(self._decode_rows, hi))
+        codes_np = self._static_codes(hi) if self.static else torch.cat(self.split.run(self._decode_rows, hi))
         # The step's one host sync: EOS and frames are decided here. A copy: the static step's codes are a buffer
         # the next step overwrites, and on CPU .cpu() would hand the buffer itself to the turn's frames.
         codes_np = codes_np[:hi].to("cpu", copy=True).numpy()
@@ -287,12 +289,40 @@ class Engine:
         for r in ended_rows:
             yield from self._advance(r)
 
-    def _static_codes(self) -> torch.Tensor:
-        """The fixed-shape step over every slot; its two buckets come from Python-side state, so no sync."""
+    def _static_codes(self, hi: int) -> torch.Tensor:
+        """The fixed-shape step over the slots below hi's row bucket; its buckets come from Python-side state,
+        so no sync."""
         active = [r for r in range(self.batch_size) if self.turns[r] is not None]
         t_len = 1 + max(self.pos[r] for r in active)
         max_top_k = max(effective(*self._sampling[r][:2])[1] for r in active)
-        return self.static.run(t_len, max_top_k)
+        return self.static.run(t_len, max_top_k, hi)
+
+    def _compact(self) -> None:
+        """Move conversations from the highest rows into free lower ones when that lets a step run fewer rows
+        (a smaller row_bucket): a step computes every row up to the highest active one, so at a job's tail,
+        with the last conversations scattered over B slots, it would pay for all B. A conversation's codes do
+        not depend on its row (its noise is keyed by its seed and frame, its cache rows are copied whole)."""
+        active = [r for r in range(self.batch_size) if self.turns[r] is not None]
+        target = row_bucket(len(active), self.batch_size)
+        if row_bucket(active[-1] + 1, self.batch_size) <= target:
+            return
+        free = iter([r for r in range(target) if self.convs[r] is None])
+        for src in [r for r in active if r >= target]:
+            self._move_row(src, next(free))
+
+    def _move_row(self, src: int, dst: int) -> None:
+        """Row src's conversation, mid-turn, into the free row dst. Only the backbone's cache holds context
+        (positions before pos); the depth decoder's is rewritten every frame."""
+        p = self.pos[src]
+        for cache in self.caches["backbone"]:
+            cache[:, dst, :, :p] = cache[:, src, :, :p]
+        self.h[dst] = self.h[src]
+        self.pos[dst], self.convs[dst], self.turns[dst] = p, self.convs[src], self.turns[src]
+        self._sampling[dst] = self._sampling[src]
+        self.pos[src], self.convs[src], self.turns[src] = 0, None, None
+        if self.static:
+            self.static.move(src, dst)
+        self.stats["rows_moved"] += 1
 
     def _decode_rows(self, lo: int, hi: int) -> torch.Tensor:
         """Sample one frame for rows lo..hi-1 and feed it back into their caches: codes [hi - lo, 32]. Blocks of

@@ -11,7 +11,7 @@ import torch
 
 from csm_worker.cuda_graphs import WARMUP_RUNS, GraphRunner, preserved
 from csm_worker.engine import GRAPHS_ENV, Engine, step_mode
-from csm_worker.static_step import BUCKET, StaticStep, length_bucket, top_k_bucket
+from csm_worker.static_step import BUCKET, StaticStep, length_bucket, row_bucket, top_k_bucket
 
 from .conftest import sampled_mix_conversations
 
@@ -90,10 +90,11 @@ def test_each_buckets_function_is_made_once_and_replayed_with_only_its_buffers(b
 
     turns, _, _ = collect(engine.run(sampled_mix_conversations()))
     assert len(recorder.made) == len(set(recorder.made)), "a bucket's function was made twice"
-    kinds = {kind for kind, _ in recorder.made}
+    kinds = {kind for kind, _, _ in recorder.made}
     assert kinds == {"sample", "feed"}
-    assert ("feed", 256) in recorder.made and ("feed", 512) in recorder.made  # "c"'s 300 positions
-    assert ("sample", 64) in recorder.made and ("sample", 2051) in recorder.made  # top_k 50, and 2051 of 2051
+    made = {(kind, bucket) for kind, _, bucket in recorder.made}
+    assert ("feed", 256) in made and ("feed", 512) in made  # "c"'s 300 positions
+    assert ("sample", 64) in made and ("sample", 2051) in made  # top_k 50, and 2051 of 2051
     # What a capture's warm-up must give back: h and the step buffers, by identity (not copies).
     assert recorder.states[0][0] is engine.h and recorder.states[0][1] is engine.static.buf.pos
     want = codes(render)
@@ -157,3 +158,43 @@ def test_step_mode_defaults_to_graphs_on_cuda_only_and_has_a_switch(monkeypatch)
     assert step_mode("cuda", False, False) == (False, False)
     monkeypatch.setenv(GRAPHS_ENV, "0")
     assert step_mode("cuda", None, None) == (True, False)
+
+
+def tail_conversations():
+    """A job's tail in 8 slots: six one-frame conversations finish at once, leaving rows 5 and 7 mid-turn (one
+    sampled, one greedy, two turns each, so a moved row also starts a turn where it landed)."""
+    from csm_worker import ConversationRequest, TurnRequest
+
+    t = lambda i, text, frames, k, seed=0: TurnRequest(i, i % 2, text, top_k=k, seed=seed,
+                                                       max_audio_length_ms=frames * 80)
+    short = [ConversationRequest(f"s{i}", [t(0, f"Short {i}", 1, 50, seed=i)]) for i in range(5)]
+    return [*short, ConversationRequest("long5", [t(0, "The fifth slot runs on", 6, 50, seed=55),
+                                                  t(1, "and again", 4, 50, seed=56)]),
+            ConversationRequest("s6", [t(0, "Short 6", 1, 1)]),
+            ConversationRequest("long7", [t(0, "The last slot, greedy", 9, 1), t(1, "Two", 3, 1)])]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_jobs_tail_moves_to_the_lowest_rows_and_keeps_its_codes(bgen, render, collect, static):
+    """When few conversations are left, the engine moves them into the lowest free rows so a step runs only a
+    power-of-two bucket of rows (the static step's functions are keyed by it): the codes stay those of each
+    conversation rendered alone."""
+    recorder = Recorder()
+    engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=8, decode_audio=False,
+                    static=static)
+    if static:
+        engine.static.run_fn = recorder
+    turns, dones, _ = collect(engine.run(tail_conversations()))
+    assert all(d.error is None for d in dones.values())
+    # Rows 5 and 7 into rows 0 and 1 when the short ones end; then, when long5 ends, long7 from row 1 to row 0.
+    assert engine.stats["rows_moved"] == 3
+    if static:
+        assert {rows for _, rows, _ in recorder.made} == {8, 2, 1}  # all, both long ones, the last one
+    alone, _, _ = render(tail_conversations(), batch_size=1)
+    assert sorted(turns) == sorted(alone)
+    for key in alone:
+        np.testing.assert_array_equal(turns[key].codes, alone[key].codes, err_msg=str(key))
+
+
+def test_row_buckets_are_powers_of_two_up_to_the_slots():
+    assert [row_bucket(hi, 12) for hi in (1, 2, 3, 4, 5, 8, 9, 12)] == [1, 2, 4, 4, 8, 8, 12, 12]
