@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from jobs.manifests.audio import AudioProbe, resolve_audio, scheme_problem
 from jobs.manifests.columns import (COLUMN_BY_NAME, COLUMN_ORDER, COLUMNS, Issue, check_columns, plain,
                                    type_problem)
+from jobs.manifests.rooms import ConversationRooms
 from jobs.manifests.turns import TurnIssue, TurnTracker
 
 BATCH_ROWS = 65_536
@@ -89,6 +90,7 @@ class ValidationReport:
     speakers: int                     # distinct speaker ids
     ignored_columns: list[str]
     notes: list[str] = field(default_factory=list)  # checks that could not run, and why
+    rooms: pa.Table | None = None  # with collect_rooms: each conversation's given and longest turn (rooms.py)
 
     @property
     def ok(self) -> bool:
@@ -135,15 +137,19 @@ def expand_manifest_paths(args: list[str]) -> tuple[list[str], list[Problem]]:
 
 def validate_manifests(args: list[str], *, text_positions: Callable[[int, str], int] | None = None,
                        window: int = 2048, default_max_audio_length_ms: int = 10_000,
-                       check_audio: bool = True, max_problems: int = 1000) -> ValidationReport:
+                       check_audio: bool = True, max_problems: int = 1000,
+                       collect_rooms: bool = False) -> ValidationReport:
     """Check manifests against the contract in manifests/README.md, reading them in bounded memory.
 
     text_positions(speaker, text): backbone positions the turn's text takes; None skips the window check. When it
     has a `many(speakers, texts)` attribute, that is called once per record batch instead.
     A given turn's window check needs its duration, so it runs only for local recordings read with check_audio.
+    collect_rooms: also total, per conversation, the positions its given turns and its longest turn take
+    (report.rooms; the cast's window check adds its prompts to them).
     """
     files, path_problems = expand_manifest_paths(args)
     validator = _Validator(files, text_positions, window, default_max_audio_length_ms, check_audio, max_problems)
+    validator.rooms = ConversationRooms() if collect_rooms else None
     for i, problem in enumerate(path_problems):
         validator.log.add((-1, i, 0), problem)
     for index in range(len(files)):
@@ -211,6 +217,7 @@ class _Validator:
         self.speakers: set[int] = set()
         self.given = self.to_render = 0
         self.ignored: dict[str, None] = {}   # an ordered set
+        self.rooms: ConversationRooms | None = None
 
     def check_file(self, index: int) -> None:
         offset = 0
@@ -230,7 +237,8 @@ class _Validator:
         keyed = [((d.file_index, d.row, COLUMN_ORDER["turn_index"]), self._turn_problem(d)) for d in duplicates]
         problems = self.log.result(keyed, duplicate_count, [self._turn_problem(g) for g in gaps])
         return ValidationReport(problems, list(self.paths), self.turns.conversations, self.to_render, self.given,
-                                len(self.speakers), list(self.ignored))
+                                len(self.speakers), list(self.ignored),
+                                rooms=self.rooms.table() if self.rooms is not None else None)
 
     def _check_schema(self, index: int, schema: pa.Schema) -> list[str]:
         """Report missing and mistyped columns; return the known columns that can be checked row by row."""
@@ -297,11 +305,17 @@ class _Validator:
         rows = [r for r in np.flatnonzero(ok).tolist()
                 if self._frames(given[r], durations.get(r), max_ms[r]) is not None]
         counts = self._count_positions([speakers[r] for r in rows], [texts[r] for r in rows])
-        for r, positions in zip(rows, counts):
-            frames = self._frames(given[r], durations.get(r), max_ms[r])
-            if positions + frames > self.window:
-                messages[r] = (f"text too long to fit the model's window ({positions} positions + {frames} audio "
-                               f"frames > {self.window}): shorten the text or split the turn")
+        needs = [positions + self._frames(given[r], durations.get(r), max_ms[r]) for r, positions in zip(rows, counts)]
+        for r, positions, need in zip(rows, counts, needs):
+            if need > self.window:
+                messages[r] = (f"text too long to fit the model's window ({positions} positions + {need - positions} "
+                               f"audio frames > {self.window}): shorten the text or split the turn")
+        if self.rooms is not None and "conversation_id" in cols:
+            ids = cols["conversation_id"].to_pylist()
+            bad_id = bad.get("conversation_id", np.zeros(n, dtype=bool))
+            kept = [i for i, r in enumerate(rows) if not bad_id[r] and ids[r] is not None]
+            self.rooms.add([ids[rows[i]] for i in kept], [bool(given[rows[i]]) for i in kept],
+                           [needs[i] for i in kept])
         return _row_issue("text", messages)
 
     def _count_positions(self, speakers: list[int], texts: list[str]) -> list[int]:

@@ -40,10 +40,11 @@ def validated_manifests(args: list[str], model: str, revision: str | None = None
     with local_manifests(list(args), s3_endpoint_url) as local:
         report = validate_manifests(local.args, text_positions=encoder.counter() if encoder else None,
                                     default_max_audio_length_ms=default_max_audio_length_ms,
-                                    check_audio=check_audio and not local.has_remote)
+                                    check_audio=check_audio and not local.has_remote,
+                                    collect_rooms=cast is not None)
         if report.ok and cast is not None and encoder is not None:
             report.problems += check_window(cast, speaker_pairs(report.files), encoder.counter(), WINDOW,
-                                            default_max_audio_length_ms // FRAME_MS + 1)
+                                            default_max_audio_length_ms // FRAME_MS + 1, report.rooms)
         if not report.ok:
             raise ManifestError(local.problems(report.problems))
         if unavailable is not None:

@@ -164,9 +164,13 @@ def _read_audio_bytes(location: str, s3_endpoint_url: str | None) -> bytes:
         return f.read()
 
 
-def check_window(cast: Cast, pairs: pa.Table, text_positions, window: int, turn_room: int) -> list[Problem]:
-    """The cast must fit each conversation's window with room for a turn. `pairs` holds the distinct
-    (conversation_id, speaker) pairs of the manifests; only the cast speakers a conversation uses count."""
+def check_window(cast: Cast, pairs: pa.Table, text_positions, window: int, turn_room: int,
+                 rooms: pa.Table | None = None) -> list[Problem]:
+    """The cast must fit each conversation's window beside what the engine always keeps: the conversation's own
+    given turns and the turn it renders. `pairs` holds the distinct (conversation_id, speaker) pairs of the
+    manifests; only the cast speakers a conversation uses count. `rooms` (rooms.py, from validation) gives each
+    conversation's given positions and its longest turn; without it, or for a conversation it lacks, a turn is
+    taken to need `turn_room` and given turns nothing."""
     need = {s: v.positions(text_positions) for s, v in cast.voices.items()}
     need = {s: n for s, n in need.items() if n is not None}
     if not need or pairs.num_rows == 0:
@@ -176,16 +180,23 @@ def check_window(cast: Cast, pairs: pa.Table, text_positions, window: int, turn_
         return []
     used = used.append_column("positions", pa.array([need[s] for s in used["speaker"].to_pylist()], pa.int64()))
     totals = used.group_by("conversation_id").aggregate([("positions", "sum")])
-    worst = pc.index(totals["positions_sum"], pc.max(totals["positions_sum"])).as_py()
-    cid, total = totals["conversation_id"][worst].as_py(), totals["positions_sum"][worst].as_py()
-    if total + turn_room <= window:
+    if rooms is not None:
+        totals = totals.join(rooms, keys="conversation_id", join_type="left outer")
+    given = pc.fill_null(totals["given"], 0) if rooms is not None else pa.repeat(0, totals.num_rows)
+    longest = pc.fill_null(totals["longest"], turn_room) if rooms is not None else pa.repeat(turn_room, totals.num_rows)
+    whole = pc.add(pc.add(totals["positions_sum"], given), longest)
+    worst = pc.index(whole, pc.max(whole)).as_py()
+    if whole[worst].as_py() <= window:
         return []
+    cid, total = totals["conversation_id"][worst].as_py(), totals["positions_sum"][worst].as_py()
     speakers = sorted(used.filter(pc.equal(used["conversation_id"], cid))["speaker"].to_pylist())
     detail = ", ".join(f"speaker {s} ({cast.voices[s].name or 'no name'}) {need[s]}" for s in speakers)
+    own = f", its given turns {given[worst].as_py()}" if given[worst].as_py() else ""
     return [Problem(cast.source, None, None, "audio",
-                    f"the cast's prompts for conversation {cid} need {total} positions ({detail}) plus up to "
-                    f"{turn_room} for a turn, more than the model's window of {window}: shorten the prompts "
-                    "or give fewer prompts per speaker")]
+                    f"the cast's prompts for conversation {cid} need {total} positions ({detail}){own} and its "
+                    f"longest turn up to {longest[worst].as_py()}: {whole[worst].as_py()}, more than the model's "
+                    f"window of {window}: shorten the prompts, give fewer prompts per speaker, or give that "
+                    "conversation's turns a lower max_audio_length_ms")]
 
 
 def speaker_pairs(files: list[str]) -> pa.Table:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import soundfile
@@ -96,6 +97,53 @@ def test_a_cast_too_long_for_a_conversation_is_a_problem_naming_speakers_and_pos
     [problem] = check_window(cast, pairs, positions, window=48 + 19, turn_room=20)
     assert "conversation both need 48 positions (speaker 0 (Ann) 32, speaker 1 (Bo) 16)" in problem.message
     assert problem.file == cast.source and "window of 67" in problem.message
+
+
+def test_the_window_check_counts_each_conversations_longest_turn_and_given_turns(tmp_path):
+    """What the engine keeps beside the cast: the conversation's own given turns (never dropped) and the turn
+    it renders, each conversation's own, as validation counted them (report.rooms)."""
+    from jobs.manifests.manifest import validate_manifests
+
+    cast = read_cast(write_cast(tmp_path / "cast"))  # Ann 32 positions, Bo 16 (10 per text, as below)
+    tone(tmp_path / "own.wav", seconds=0.8)  # 10 frames + its EOS frame
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({
+        "conversation_id": ["short", "long", "long", "given", "given"], "turn_index": [0, 0, 1, 0, 1],
+        "speaker": [0, 0, 0, 1, 0], "text": ["x"] * 5, "audio": [None, None, None, "own.wav", None],
+        "max_audio_length_ms": pa.array([800, 800, 4000, None, 800], pa.int64())}), manifest)
+    positions = lambda speaker, text: 10
+    report = validate_manifests([str(manifest)], text_positions=positions, collect_rooms=True)
+    rooms = {r["conversation_id"]: (r["given"], r["longest"]) for r in report.rooms.to_pylist()}
+    # Turns: 10 text positions + max_audio_length_ms / 80 frames; "given"'s recording 10 + 11 frames.
+    assert rooms == {"short": (0, 20), "long": (0, 60), "given": (21, 20)}
+    pairs = speaker_pairs([str(manifest)])
+    # "long": Ann's 32 + its 4 s turn's 60 = 92; with one default turn of 20 it looked like 52.
+    assert check_window(cast, pairs, positions, window=91 + 1, turn_room=20, rooms=report.rooms) == []
+    [problem] = check_window(cast, pairs, positions, window=91, turn_room=20, rooms=report.rooms)
+    assert "conversation long need 32 positions" in problem.message and "longest turn up to 60: 92" in problem.message
+    assert check_window(cast, pairs, positions, window=91, turn_room=20) == []  # what the old check saw
+    # "given": Ann's 32 + its own recording's 21 + a 20-position turn = 73, named with its given turns.
+    [problem] = check_window(cast, pairs, positions, window=72, turn_room=20,
+                             rooms=report.rooms.filter(pc.equal(report.rooms["conversation_id"], "given")))
+    assert "conversation given need 32 positions" in problem.message and "its given turns 21" in problem.message
+
+
+def test_validate_refuses_a_cast_that_leaves_no_room_for_a_conversations_long_turn(tmp_path):
+    folder = tmp_path / "cast"
+    folder.mkdir()
+    # One 45 s prompt (563 frames) and a 120 s turn (1500 frames): each fits the window, not both.
+    cast = write_cast(folder, speaker=pa.array([0], pa.int32()), text=["A long reading."],
+                      audio=[tone(folder / "long.wav", seconds=45.0)])
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"conversation_id": ["epic", "brief"], "turn_index": [0, 0], "speaker": [0, 0],
+                             "text": ["x", "y"], "max_audio_length_ms": pa.array([120_000, None], pa.int64())}),
+                   manifest)
+    args = ["validate", str(manifest), "--model", "random:tiny", "--voices", cast]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "conversation epic need" in result.stderr and "longest turn up to 15" in result.stderr
+    pq.write_table(pq.read_table(manifest).slice(1), manifest)  # "brief": a default 10 s turn fits
+    assert CliRunner().invoke(main, args).exit_code == 0
 
 
 def test_another_cast_is_another_job():
