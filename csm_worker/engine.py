@@ -23,7 +23,7 @@ import torch
 from .codec import Codec
 from .model import CsmModel
 from .prefix_cache import DEFAULT_BYTES as DEFAULT_PREFIX_BYTES
-from .prefix_cache import PrefixCache, prefix_key
+from .prefix_cache import PrefixCache, chain_key
 from .prompt import Span, TextEncoder, embed_spans, span_for
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
 from .row_split import RowSplit
@@ -198,22 +198,23 @@ class Engine:
             self.static.start_turn(row, self.pos[row], *self._sampling[row])
 
     def _load_prefix(self, row: int, conv: _Conversation) -> int:
-        """Put the KV of the conversation's leading given turns (voice prompts) in the row's cache: copied when
-        another conversation had the same ones, else prefilled on their own and kept. Returns their length."""
-        lead = list(takewhile(lambda span: span.given, conv.history))
-        if not lead:
-            return 0
-        length, key = sum(len(s) for s in lead), prefix_key(lead)
+        """Put the KV of the conversation's leading given turns (voice prompts) in the row's cache, span by span:
+        copied when another conversation began with the same spans up to it, else prefilled on its own on top
+        of the spans before it, and kept. Returns their length."""
         k_cache, v_cache = self.caches["backbone"]
-        found = self.prefixes.get(key)
-        if found is not None:
-            k_cache[:, row, :, :length], v_cache[:, row, :, :length] = found
-            self.stats["prefix_positions_copied"] += length
-            return length
-        self.model.prefill(self.caches, row, [embed_spans(self.model, lead)], [0])
-        self.prefixes.put(key, k_cache[:, row, :, :length], v_cache[:, row, :, :length])
-        self.stats["prefill_positions"] += length
-        return length
+        start, key = 0, ""
+        for span in takewhile(lambda s: s.given, conv.history):
+            key, end = chain_key(key, span), start + len(span)
+            found = self.prefixes.get(key)
+            if found is not None:
+                k_cache[:, row, :, start:end], v_cache[:, row, :, start:end] = found
+                self.stats["prefix_positions_copied"] += len(span)
+            else:
+                self.model.prefill(self.caches, row, [embed_spans(self.model, [span])], [start])
+                self.prefixes.put(key, k_cache[:, row, :, start:end], v_cache[:, row, :, start:end])
+                self.stats["prefill_positions"] += len(span)
+            start = end
+        return start
 
     def _drop_oldest(self, conv: _Conversation, room: int) -> None:
         """Drop the oldest rendered turns until `room` positions and WINDOW_SLACK more are free (or nothing but

@@ -1,10 +1,12 @@
 """Shared context prefixes, prefilled once per engine: the backbone KV of a conversation's leading given turns.
 
-Conversations of a job with a cast (jobs' `--voices`) all start with the same voice-prompt turns. Their keys and
-values at positions 0..P-1 depend only on those turns, so the engine computes them once, keeps a copy here, and
-copies it into each new slot's cache rows, prefilling only what follows. A prefix is computed in a prefill of
-its own (never as part of a longer one), so a conversation's codes are the same whether its prefix was found
-here or computed: output never depends on which conversations came first.
+Conversations of a job with a cast (jobs' `--voices`) start with the voice-prompt turns of the speakers they use.
+The keys and values of a prompt depend only on it and on the prompts before it, so the engine keeps them here
+one span at a time, keyed by the chain of spans up to and including it (chain_key), and copies them into each
+new slot's cache rows. Conversations that share only their first prompts (a narrator, then one of several
+guests) share those. Each span is always prefilled on its own, on top of exactly the spans before it, so its
+keys and values are the same bits whether they were found here or computed: a conversation's codes never
+depend on which conversations came first.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ import torch
 DEFAULT_BYTES = 512 << 20  # about 50 prefixes of 10 s of voice prompts for CSM-1B in bf16
 
 
-def prefix_key(spans) -> str:
-    """The identity of a run of spans: their token ids and audio codes."""
-    h = hashlib.sha256()
-    for span in spans:
-        for t in (span.tokens, span.frames):
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.to("cpu", torch.int64).numpy().tobytes())
+def chain_key(before: str, span) -> str:
+    """The identity of `span` after the spans whose chain_key is `before` ("" for the first): its token ids and
+    audio codes, and everything before it."""
+    h = hashlib.sha256(before.encode())
+    for t in (span.tokens, span.frames):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.to("cpu", torch.int64).numpy().tobytes())
     return h.hexdigest()
 
 
 class PrefixCache:
-    """Backbone (keys, values) [L, K, P, D] per prefix, least recently used dropped past `max_bytes`."""
+    """Backbone (keys, values) [L, K, P, D] per span of a prefix (P its positions), least recently used dropped
+    past `max_bytes`."""
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES):
         self.max_bytes = max_bytes

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker import ConversationRequest, TurnRequest
+from csm_worker import ConversationRequest, RenderedTurn, TurnRequest
 from csm_worker.prefix_cache import PrefixCache
 
 
@@ -51,10 +51,38 @@ def test_each_distinct_prefix_is_prefilled_once(bgen, noise_audio):
         return engine
 
     cached, plain = run(), run(prefix_cache_bytes=0)
-    assert (cached.prefixes.misses, cached.prefixes.hits, len(cached.prefixes)) == (2, 3, 2)  # A once, B once
+    # Two spans per cast, kept one by one: A's two once, B's two once, then A's two for each of 3 more.
+    assert (cached.prefixes.misses, cached.prefixes.hits, len(cached.prefixes)) == (4, 6, 4)
     a_len = cached.stats["prefix_positions_copied"] // 3
     assert a_len > 0 and cached.stats["prefix_positions_copied"] == 3 * a_len
     assert plain.stats["prefill_positions"] - cached.stats["prefill_positions"] == 3 * a_len
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
+def test_conversations_sharing_their_first_prompts_share_those(bgen, render, noise_audio, sampled):
+    """A narrator's prompt, then one of two guests' (a cast whose conversations use different speakers): the
+    narrator's span is prefilled once for all, each guest's once on top of it, and the codes are those of
+    engines that prefill everything in each slot."""
+    from csm_worker.engine import Engine
+
+    narrator = TurnRequest(-2, 0, "The narrator speaks.", audio=noise_audio(3, seed=1))
+    guests = {g: TurnRequest(-1, 1, f"Guest {g} here.", audio=noise_audio(2, seed=10 + g)) for g in (1, 2)}
+    settings = dict(temperature=0.8, top_k=20) if sampled else dict(top_k=1)
+
+    def make():
+        return [ConversationRequest(f"c{n}", [narrator, guests[1 + n % 2]] + [
+            TurnRequest(i, i % 2, f"c{n} line {i}.", max_audio_length_ms=3 * 80, seed=10 * n + i, **settings)
+            for i in range(2)]) for n in range(5)]
+
+    engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=2, decode_audio=False)
+    events = list(engine.run(make()))
+    # The narrator once, each guest once; then 3 more narrators and 3 more guests copied.
+    assert (engine.prefixes.misses, engine.prefixes.hits, len(engine.prefixes)) == (3, 7, 3)
+    with_cache = {(e.conversation_id, e.turn_index): e for e in events if isinstance(e, RenderedTurn)}
+    without, dones, _ = render(make(), batch_size=2, prefix_cache_bytes=0)
+    assert all(d.error is None for d in dones.values()) and sorted(with_cache) == sorted(without)
+    for key in without:
+        np.testing.assert_array_equal(with_cache[key].codes, without[key].codes, err_msg=str(key))
 
 
 def test_a_window_slide_copies_the_prefix_back(render, gen, noise_audio):
