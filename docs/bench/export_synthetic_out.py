@@ -2,7 +2,8 @@
 per-conversation metadata with METADATA_SCHEMA), without a model and without the writer's per-file fsync:
 input for docs/bench/export_bench.py.
 
-`python docs/bench/export_synthetic_out.py OUT [CONVERSATIONS=10000] [TURNS=10] [FRAMES=1]`
+`python docs/bench/export_synthetic_out.py OUT [CONVERSATIONS=10000] [TURNS=10] [FRAMES=1] [FIRST=0]`
+(FIRST: the number of the first conversation, to grow an OUT written before.)
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ def put(root: str, key: str, data: bytes) -> None:
         f.write(data)
 
 
-def main(root: str, conversations: int, turns: int, frames: int) -> None:
+def main(root: str, conversations: int, turns: int, frames: int, first: int = 0) -> None:
     defaults = {"temperature": 0.9, "top_k": 50, "max_audio_length_ms": 10_000, "seed": 0}
     put(root, layout.JOB_RECORD, json.dumps({"fingerprint": fingerprint("random:tiny", None, "wav", defaults),
                                              "created_at": layout.timestamp()}).encode())
     rng = np.random.default_rng(0)
     codes = codes_to_bytes(np.zeros((32, frames), np.int16))
-    for c in range(conversations):
+    for c in range(first, first + conversations):
         cid = f"conv-{c:06d}"
         rows = []
         for i in range(turns):
@@ -62,5 +63,5 @@ def main(root: str, conversations: int, turns: int, frames: int) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    numbers = [int(a) for a in args[1:4]] + [10_000, 10, 1][len(args) - 1:]
+    numbers = [int(a) for a in args[1:5]] + [10_000, 10, 1, 0][len(args) - 1:]
     main(args[0], *numbers)

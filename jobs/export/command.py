@@ -2,8 +2,9 @@
 
 Pass 1 goes over the complete conversations, one at a time: each per-conversation kind is made unless its record
 says it is up to date, and a running hash of (conversation, metadata hash) says whether the datasets changed.
-Pass 2, only for a dataset kind whose hash differs from its record, writes that dataset's shards anew, reading
-each conversation's audio once for all the dataset kinds asked. Failed and unfinished conversations are left out
+Pass 2, only for a dataset kind whose hash differs from its record, keeps the shards whose conversations did not
+change and writes new shards for the others (shard_plan.py), reading each conversation's audio once for all the
+dataset kinds asked. Failed and unfinished conversations are left out
 and listed; a conversation whose files cannot be read is left out whole and named, and the others go on.
 """
 
@@ -20,9 +21,10 @@ from jobs.storage import TMP_PREFIX, LocalStorage, Storage, open_storage
 
 from jobs.export import per_conversation
 from jobs.export.destination import open_dest
-from jobs.export.hf_dataset import HfDataset, dataset_card, license_for
+from jobs.export.hf_dataset import SPLITS, HfDataset, dataset_card, license_for, split_of
 from jobs.export.options import PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
 from jobs.export.reader import ExportError, JobView, iter_conversations
+from jobs.export.shard_plan import plan_shards, short, usable_entries
 from jobs.export.webdataset_shards import TarShards, sample_files, sample_key
 
 DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license"), "webdataset": ("max_shard_mb",)}
@@ -92,20 +94,22 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
     dataset_kinds = [k for k in opts.kinds if k in DATASET_SETTINGS]
     with tempfile.TemporaryDirectory(prefix="csm-render-export-") as scratch:
         digests = {k: _dataset_digest(k, opts) for k in dataset_kinds}
+        sources: dict[str, str] = {}  # conversation -> short metadata hash, for the datasets' shard plans
         for item in iter_conversations(view, scan.complete, given):
             if isinstance(item, ExportError):
                 summary.errors[item.conversation_id] = str(item)
                 continue
             if export_one(view, dest, item, opts, scratch, summary):
                 summary.complete += 1
+                sources[item.conversation_id] = short(item.source)
                 for digest in digests.values():
-                    digest.update(f"{item.conversation_id}\0{item.source}\n".encode())
+                    digest.update(f"{item.conversation_id}\0{short(item.source)}\n".encode())
         stale = [k for k in dataset_kinds if _dataset_source(dest, k) != digests[k].hexdigest()]
         for kind in dataset_kinds:
             if kind not in stale:
                 summary.datasets[kind] = "already up to date"
         if stale:
-            _write_datasets(view, dest, opts, stale, scan.complete, scratch, summary)
+            _write_datasets(view, dest, opts, stale, sources, scratch, summary)
     return summary
 
 
@@ -128,15 +132,17 @@ def export_one(view: JobView, dest: Storage, conv, opts: ExportOptions, scratch:
     return True
 
 
-def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], ids: list[str],
+def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
                     scratch: str, summary: ExportSummary) -> None:
+    """The stale dataset kinds: their unchanged shards kept, new shards for the rest, then each record, then
+    the shards the record no longer names removed."""
     max_bytes = int(opts.max_shard_mb * 1024 * 1024)
-    hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url) if "hf" in kinds else None
-    tars = TarShards(dest, scratch, max_bytes) if "webdataset" in kinds else None
+    hf, tars = _dataset_writers(view, dest, opts, kinds, sources, scratch, max_bytes)
+    writers = [w for w in (hf, tars) if w]
+    todo = sorted(cid for cid in sources if any(w.wants(cid) for w in writers))
     digests = {k: _dataset_digest(k, opts) for k in kinds}
-    conversations = 0
     try:
-        for conv in iter_conversations(view, ids):
+        for conv in iter_conversations(view, todo):
             if isinstance(conv, ExportError) or conv.conversation_id in summary.errors:
                 continue
             try:
@@ -146,32 +152,60 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
             except (ExportError, FileNotFoundError) as e:
                 summary.errors[conv.conversation_id] = str(e)
                 continue
+            if hf and hf.wants(conv.conversation_id):
+                hf.add_conversation(conv.rows, audio, conv.source)
+            if tars and tars.wants(conv.conversation_id):
+                tars.add_conversation(conv.conversation_id, conv.source,
+                                      [(sample_key(row), sample_files(row, data)) for row, data in zip(conv.rows, audio)])
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    conversations = 0  # in the datasets: kept or written now (all of pass 1's but any left out since)
+    for cid, source in sources.items():  # hashed as pass 1 hashes them
+        if cid not in summary.errors:
             conversations += 1
             for digest in digests.values():
-                digest.update(f"{conv.conversation_id}\0{conv.source}\n".encode())
-            if hf:
-                hf.add_conversation(conv.rows, audio)
-            if tars:
-                for row, data in zip(conv.rows, audio):
-                    tars.add(sample_key(row), sample_files(row, data))
-    except BaseException:
-        for writer in (hf, tars):
-            if writer:
-                writer.abort()
-        raise
+                digest.update(f"{cid}\0{source}\n".encode())
+    settings = {k: opts.settings_hash(*DATASET_SETTINGS[k]) for k in kinds}
     if hf:
         license_id = opts.license or license_for(view.fingerprint.get("model", ""))
-        counts = hf.finish(dataset_card(hf.counts(), view.fingerprint, license_id, conversations))
-        rows = sum(c["rows"] for c in counts.values())
-        _write_record(dest, "hf", digests["hf"].hexdigest(), {"splits": counts, "conversations": conversations})
-        summary.datasets["hf"] = (f"{rows} turns of {conversations} conversations in "
-                                  f"{sum(len(c['shards']) for c in counts.values())} shard(s)")
+        splits = hf.finish(dataset_card(hf.counts(), view.fingerprint, license_id, conversations))
+        _write_record(dest, "hf", digests["hf"].hexdigest(), {
+            "settings": settings["hf"], "splits": splits, "conversations": conversations})
+        hf.remove_stale(splits)
+        rows = sum(c["rows"] for c in splits.values())
+        shards = sum(len(c["shards"]) for c in splits.values())
+        summary.datasets["hf"] = f"{rows} turns of {conversations} conversations in {shards} shard(s)" + \
+            _reuse(sum(len(hf.plans[s].kept) for s in SPLITS))
     if tars:
-        keys = tars.finish()
-        _write_record(dest, "webdataset", digests["webdataset"].hexdigest(),
-                      {"shards": keys, "samples": tars.samples, "conversations": conversations})
+        entries = tars.finish()
+        _write_record(dest, "webdataset", digests["webdataset"].hexdigest(), {
+            "settings": settings["webdataset"], "shards": entries, "samples": tars.samples,
+            "conversations": conversations})
+        tars.remove_stale(entries)
         summary.datasets["webdataset"] = f"{tars.samples} samples of {conversations} conversations in " \
-                                         f"{len(keys)} shard(s)"
+                                         f"{len(entries)} shard(s)" + _reuse(len(tars.plan.kept))
+
+
+def _dataset_writers(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
+                     scratch: str, max_bytes: int) -> tuple[HfDataset | None, TarShards | None]:
+    """Each kind's writer, with the plan its record allows (nothing kept when the settings changed)."""
+    hf = tars = None
+    if "hf" in kinds:
+        record, settings = _read_record(dest, "hf"), opts.settings_hash(*DATASET_SETTINGS["hf"])
+        by_split = {s: {c: src for c, src in sources.items() if split_of(c, opts.validation_fraction) == s}
+                    for s in SPLITS}
+        plans = {s: plan_shards(usable_entries(record, settings, ("splits", s)), by_split[s]) for s in SPLITS}
+        hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url, plans)
+    if "webdataset" in kinds:
+        record, settings = _read_record(dest, "webdataset"), opts.settings_hash(*DATASET_SETTINGS["webdataset"])
+        tars = TarShards(dest, scratch, max_bytes, plan_shards(usable_entries(record, settings), sources))
+    return hf, tars
+
+
+def _reuse(kept: int) -> str:
+    return f" ({kept} kept from the last export)" if kept else ""
 
 
 def remove_old_temps(dest: Storage) -> None:
@@ -200,11 +234,16 @@ def _record_key(kind: str) -> str:
     return f"{kind}/_export.json"  # a leading "_": not a data file to `datasets` or a shard glob
 
 
-def _dataset_source(dest: Storage, kind: str) -> str | None:
+def _read_record(dest: Storage, kind: str) -> dict | None:
     try:
-        return json.loads(dest.read_bytes(_record_key(kind))).get("source")
+        record = json.loads(dest.read_bytes(_record_key(kind)))
     except (FileNotFoundError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def _dataset_source(dest: Storage, kind: str) -> str | None:
+    return (_read_record(dest, kind) or {}).get("source")
 
 
 def _write_record(dest: Storage, kind: str, source: str, details: dict) -> None:

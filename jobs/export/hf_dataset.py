@@ -4,7 +4,8 @@ the schema's "huggingface" metadata, so `datasets.load_dataset("parquet", data_f
 `load_dataset("<dest>/hf")` decode it at 24 kHz; and a dataset card (hf/README.md) the hub reads.
 
 Splits are by conversation (all turns of one conversation in one split): the validation share is decided by a
-hash of the conversation id, so a conversation keeps its split as the job grows.
+hash of the conversation id, so a conversation keeps its split as the job grows. A grown job's export keeps the
+shards whose conversations did not change and adds shards for the rest (shard_plan.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from jobs.storage import Storage
 
 from jobs.export.reader import SAMPLE_RATE
+from jobs.export.shard_plan import ShardPlan, short
 from jobs.export.shards import ShardSeries, remove_stale
 
 PREFIX = "hf/"
@@ -35,6 +37,9 @@ SCHEMA = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.str
                    metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
 
 
+SPLITS = ("train", "validation")
+
+
 def split_of(conversation_id: str, validation_fraction: float) -> str:
     h = int.from_bytes(hashlib.sha256(conversation_id.encode()).digest()[:8], "big") / 2 ** 64
     return "validation" if h < validation_fraction else "train"
@@ -50,8 +55,8 @@ class SplitWriter:
     column: min/max of a binary column are whole values, kilobytes per row group, all held in memory until the
     footer (it was 54 MB of footer and 270 MB of memory for a 256 MB shard)."""
 
-    def __init__(self, dest: Storage, scratch: str, split: str, max_bytes: int):
-        self.series = ShardSeries(dest, scratch, lambda n: f"{PREFIX}data/{split}-{n:06d}.parquet", max_bytes)
+    def __init__(self, dest: Storage, scratch: str, split: str, max_bytes: int, first: int = 0):
+        self.series = ShardSeries(dest, scratch, lambda n: f"{PREFIX}data/{split}-{n:06d}.parquet", max_bytes, first)
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[dict] = []
         self.pending_bytes = 0
@@ -59,11 +64,13 @@ class SplitWriter:
         self.audio_bytes = 0
         self.seconds = 0.0
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[dict], source: str) -> None:
         """One conversation's rows: all in one shard."""
         size = sum(len(r["audio"]["bytes"]) for r in rows)
         if self.series.needs_roll(self.pending_bytes + size):
             self._close_shard()
+        self.series.note(rows[0]["conversation_id"], short(source), rows=len(rows), bytes=size,
+                         seconds=sum(r["duration"] for r in rows))
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.series.open_path(), SCHEMA, compression="zstd",
                                            write_statistics=[n for n, _, _ in _VALUE_TYPES])
@@ -99,15 +106,23 @@ class SplitWriter:
 
 
 class HfDataset:
-    def __init__(self, dest: Storage, scratch: str, max_bytes: int, validation_fraction: float, out_url: str):
-        self.dest, self.fraction, self.out_url = dest, validation_fraction, out_url.rstrip("/")
-        self.splits = {s: SplitWriter(dest, scratch, s, max_bytes) for s in ("train", "validation")}
+    """The hf dataset of one export: per split, the shards a plan keeps and new ones for its other
+    conversations."""
 
-    def add_conversation(self, rows: list[dict], audio: list[bytes]) -> None:
+    def __init__(self, dest: Storage, scratch: str, max_bytes: int, validation_fraction: float, out_url: str,
+                 plans: dict[str, ShardPlan]):
+        self.dest, self.fraction, self.out_url = dest, validation_fraction, out_url.rstrip("/")
+        self.plans = plans
+        self.splits = {s: SplitWriter(dest, scratch, s, max_bytes, plans[s].first) for s in SPLITS}
+
+    def wants(self, conversation_id: str) -> bool:
+        return conversation_id in self.plans[split_of(conversation_id, self.fraction)].todo
+
+    def add_conversation(self, rows: list[dict], audio: list[bytes], source: str) -> None:
         if not rows:
             return
         split = split_of(rows[0]["conversation_id"], self.fraction)
-        self.splits[split].add([self._row(r, a) for r, a in zip(rows, audio)])
+        self.splits[split].add([self._row(r, a) for r, a in zip(rows, audio)], source)
 
     def _row(self, row: dict, audio: bytes) -> dict:
         name = f"{row['conversation_id']}/{row['turn_index']:06d}.{row['audio_path'].rsplit('.', 1)[-1]}"
@@ -118,18 +133,30 @@ class HfDataset:
                 "codes_path": f"{self.out_url}/{row['codes_path']}"}  # absolute: usable away from OUT
 
     def finish(self, card: str) -> dict:
-        keys = {s: w.finish() for s, w in self.splits.items()}
-        remove_stale(self.dest, f"{PREFIX}data/", [k for ks in keys.values() for k in ks], is_shard)
+        """Close the last shards and write the card; returns the record's splits (remove_stale() after the
+        record is written)."""
+        for w in self.splits.values():
+            w.finish()
         self.dest.write_bytes(f"{PREFIX}README.md", card.encode())
-        return {s: {"shards": keys[s], "rows": w.rows, "seconds": w.seconds, "bytes": w.audio_bytes}
-                for s, w in self.splits.items()}
+        return {s: {**self._counts(s), "shards": self.plans[s].kept + self.splits[s].series.entries} for s in SPLITS}
+
+    def remove_stale(self, splits: dict) -> None:
+        remove_stale(self.dest, f"{PREFIX}data/", [e["key"] for s in splits.values() for e in s["shards"]],
+                     is_shard)
 
     def abort(self) -> None:
         for w in self.splits.values():
             w.abort()
 
     def counts(self) -> dict:
-        return {s: {"rows": w.rows, "seconds": w.seconds, "bytes": w.audio_bytes} for s, w in self.splits.items()}
+        """Rows, seconds and audio bytes per split: the kept shards' and this export's."""
+        return {s: self._counts(s) for s in SPLITS}
+
+    def _counts(self, split: str) -> dict:
+        w, kept = self.splits[split], self.plans[split].kept
+        return {"rows": w.rows + sum(e.get("rows", 0) for e in kept),
+                "seconds": w.seconds + sum(e.get("seconds", 0.0) for e in kept),
+                "bytes": w.audio_bytes + sum(e.get("bytes", 0) for e in kept)}
 
 
 KNOWN_LICENSES = {"sesame/csm-1b": "apache-2.0"}  # the model card's license field

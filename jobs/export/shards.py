@@ -12,14 +12,20 @@ from jobs.storage import Storage
 
 
 class ShardSeries:
-    """shard 0, 1, 2, ... named by `key_of(n)`; `roll_if(extra)` starts the next one before a write of `extra`
-    bytes would take the open one past `max_bytes` (a single sample larger than that gets a shard of its own)."""
+    """shard `first`, first + 1, ... named by `key_of(n)`; `needs_roll(extra)` says to start the next one before
+    a write of `extra` bytes would take the open one past `max_bytes` (a single conversation larger than that
+    gets a shard of its own). Each committed shard leaves an entry for the dataset's record (shard_plan.py):
+    its key, number, the conversations in it and the writer's counts."""
 
-    def __init__(self, dest: Storage, scratch: str, key_of: Callable[[int], str], max_bytes: int):
+    def __init__(self, dest: Storage, scratch: str, key_of: Callable[[int], str], max_bytes: int, first: int = 0):
         self.dest, self.scratch, self.key_of, self.max_bytes = dest, scratch, key_of, max_bytes
         self.keys: list[str] = []
+        self.entries: list[dict] = []
+        self.next = first
         self.path: str | None = None
         self.items = 0  # in the open shard
+        self.conversations: list[list[str]] = []  # in the open shard: [conversation_id, short source]
+        self.counts: dict[str, float] = {}  # in the open shard, as the writer keeps them
 
     def open_path(self) -> str:
         """The open shard's scratch file (a new shard when none is open)."""
@@ -35,17 +41,28 @@ class ShardSeries:
     def needs_roll(self, extra: int) -> bool:
         return self.path is not None and self.items > 0 and self.size() + extra > self.max_bytes
 
+    def note(self, conversation_id: str, source: str, **counts: float) -> None:
+        """(Part of) a conversation goes into the open shard, with what it adds to the writer's counts (call
+        after any roll for it)."""
+        if not self.conversations or self.conversations[-1][0] != conversation_id:
+            self.conversations.append([conversation_id, source])
+        for name, n in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + n
+
     def commit(self) -> None:
         """Upload the open shard (already closed by its writer) under its final name."""
         if self.path is None:
             return
-        key = self.key_of(len(self.keys))
+        key = self.key_of(self.next)
         try:
             self.dest.upload_file(key, self.path)
         finally:
             os.unlink(self.path)
             self.path = None
         self.keys.append(key)
+        self.entries.append({"key": key, "number": self.next, **self.counts, "conversations": self.conversations})
+        self.next += 1
+        self.conversations, self.counts = [], {}
 
     def discard(self) -> None:
         if self.path:
@@ -54,8 +71,8 @@ class ShardSeries:
 
 
 def remove_stale(dest: Storage, prefix: str, keep: list[str], is_shard: Callable[[str], bool]) -> None:
-    """Delete shards of an earlier export that this one no longer has (it made fewer): after the new ones are
-    up, so a reader never finds fewer shards than a whole export."""
+    """Delete shards this export's record does not name (written again elsewhere, or a killed export's): after
+    the new ones and the record are up, so a reader never finds fewer shards than a whole export."""
     kept = set(keep)
     for key in dest.list(prefix):
         if is_shard(key) and key not in kept:

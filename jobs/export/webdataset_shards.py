@@ -5,7 +5,8 @@ The key is "<conversation_id>/<turn>" rather than "<conversation_id>.<turn>": we
 into key and extension at the first dot of its base name, so a dot between the two would make the turn index
 part of the extension (every turn of a conversation one sample), and conversation ids may hold dots themselves.
 Members are written in a fixed order (conversations by id, turns by index) with fixed owner, mode and time, so
-the same OUT gives byte-identical shards.
+the same OUT gives byte-identical shards. Shards roll between samples, so a conversation may span two; the
+record names it in both, and a grown job's export keeps or rewrites such shards together (shard_plan.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tarfile
 
 from jobs.storage import Storage
 
+from jobs.export.shard_plan import ShardPlan, short
 from jobs.export.shards import ShardSeries, remove_stale
 
 PREFIX = "webdataset/"
@@ -34,18 +36,28 @@ def _member_bytes(size: int) -> int:
 
 
 class TarShards:
-    def __init__(self, dest: Storage, scratch: str, max_bytes: int):
-        self.series = ShardSeries(dest, scratch, shard_key, max_bytes)
+    def __init__(self, dest: Storage, scratch: str, max_bytes: int, plan: ShardPlan | None = None):
+        self.plan = plan or ShardPlan()
+        self.series = ShardSeries(dest, scratch, shard_key, max_bytes, self.plan.first)
         self.tar: tarfile.TarFile | None = None
-        self.samples = 0
+        self.samples = sum(int(e.get("samples", 0)) for e in self.plan.kept)
 
-    def add(self, key: str, files: dict[str, bytes]) -> None:
-        """One sample: `files` maps extension ("wav", "json") to bytes."""
+    def wants(self, conversation_id: str) -> bool:
+        return conversation_id in self.plan.todo
+
+    def add_conversation(self, conversation_id: str, source: str, samples: list[tuple[str, dict[str, bytes]]]
+                         ) -> None:
+        """A conversation's samples: (key, files), files mapping an extension ("wav", "json") to bytes."""
+        for key, files in samples:
+            self.add(key, files, conversation_id, short(source))
+
+    def add(self, key: str, files: dict[str, bytes], conversation_id: str, source: str) -> None:
         extra = sum(_member_bytes(len(data)) for data in files.values())
         if self.series.needs_roll(extra + 1024 + 10240):  # room left for the end-of-archive blocks and padding
             self._close_shard()
         if self.tar is None:
             self.tar = tarfile.open(self.series.open_path(), "w", format=tarfile.PAX_FORMAT)
+        self.series.note(conversation_id, source, samples=1)
         for ext, data in sorted(files.items()):
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -60,10 +72,13 @@ class TarShards:
             self.tar = None
             self.series.commit()
 
-    def finish(self) -> list[str]:
+    def finish(self) -> list[dict]:
+        """Close the last shard; the record's entries, kept and new (remove_stale() after the record)."""
         self._close_shard()
-        remove_stale(self.series.dest, PREFIX, self.series.keys, is_shard)
-        return self.series.keys
+        return self.plan.kept + self.series.entries
+
+    def remove_stale(self, entries: list[dict]) -> None:
+        remove_stale(self.series.dest, PREFIX, [e["key"] for e in entries], is_shard)
 
     def abort(self) -> None:
         if self.tar is not None:

@@ -60,6 +60,33 @@ def test_re_running_export_changes_nothing_and_a_new_conversation_is_added(tmp_p
     assert after["exports/conversations/ok-1.wav"] == job_before["exports/conversations/ok-1.wav"]
 
 
+def test_a_grown_job_adds_shards_and_keeps_the_old_ones_untouched(tmp_path):
+    storage, rows = local_job(tmp_path, JOB, failed={"broke"}, unfinished={"running"})
+    export(storage, kinds=("hf", "webdataset"))
+    exports = tmp_path / "out/exports"
+    shard_files = lambda: {k: v for k, v in snapshot(exports).items() if k.endswith((".parquet", ".tar"))}
+    before = shard_files()
+
+    from jobs.storage.outputs import OutputWriter  # the running conversation finishes
+    OutputWriter(storage).write_metadata("running", [OutputWriter(storage).read_commit("running", 0)])
+    summary, _ = export(storage, kinds=("hf", "webdataset"))
+    after = shard_files()
+    assert {k: after[k] for k in before} == before  # not a byte nor an mtime of the old shards
+    assert len(after) == len(before) + 2  # one new shard in each dataset, holding only "running"
+    new = {k for k in after if k not in before}
+    assert {c for k in new if k.endswith(".parquet")
+            for c in pq.read_table(exports / k, columns=["conversation_id"]).column(0).to_pylist()} == {"running"}
+    assert "(1 kept from the last export)" in summary.datasets["webdataset"]
+    turns = [(c, t) for f in sorted((exports / "hf/data").glob("*.parquet"))
+             for c, t in zip(*pq.read_table(f, columns=["conversation_id", "turn_index"]).to_pydict().values())]
+    assert sorted(turns) == [("ok-1", 0), ("ok-1", 1), ("ok-2", 0), ("running", 0)]
+    keys = [s["__key__"] for s in wds.WebDataset(sorted(map(str, exports.glob("webdataset/*.tar"))),
+                                                    shardshuffle=False)]
+    assert sorted(keys) == ["ok-1/000000", "ok-1/000001", "ok-2/000000", "running/000000"]
+    card = (exports / "hf/README.md").read_text()
+    assert "4 turns of 3 conversations" in card and "num_examples: 4" in card.replace("'", "")
+
+
 def test_export_never_changes_what_the_job_wrote(tmp_path):
     storage, _ = local_job(tmp_path, JOB, failed={"broke"})
     job = {k: v for k, v in snapshot(tmp_path / "out").items()}

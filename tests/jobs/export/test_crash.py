@@ -47,14 +47,7 @@ def test_killed_while_encoding_then_resumed(tmp_path, monkeypatch):
     assert all(after[name] == first[name] for name in first)
 
 
-def test_killed_between_shards_keeps_the_old_dataset_whole_then_rebuilds(tmp_path, monkeypatch):
-    storage, rows = local_job(tmp_path, JOB)
-    export(storage, kinds=("webdataset",), max_shard_mb=0.05)
-    folder = tmp_path / "out/exports/webdataset"
-    record = json.loads((folder / "_export.json").read_text())
-
-    from jobs.storage.outputs import OutputWriter  # a conversation is re-rendered: the dataset must be rebuilt
-    OutputWriter(storage).write_metadata("c03", rows["c03"][:2])
+def killed_on_the_second_commit(monkeypatch):
     real, uploads = shards.ShardSeries.commit, []
 
     def dies_on_the_second(self):
@@ -64,16 +57,58 @@ def test_killed_between_shards_keeps_the_old_dataset_whole_then_rebuilds(tmp_pat
         real(self)
 
     monkeypatch.setattr(shards.ShardSeries, "commit", dies_on_the_second)
+    return real
+
+
+def test_killed_between_shards_keeps_the_old_dataset_whole_then_rebuilds(tmp_path, monkeypatch):
+    storage, rows = local_job(tmp_path, JOB)
+    export(storage, kinds=("webdataset",), max_shard_mb=0.05)
+    folder = tmp_path / "out/exports/webdataset"
+    record = json.loads((folder / "_export.json").read_text())
+
+    from jobs.storage.outputs import OutputWriter  # a conversation is re-rendered, and the shard size changes:
+    OutputWriter(storage).write_metadata("c03", rows["c03"][:2])  # the dataset is rebuilt whole
+    real = killed_on_the_second_commit(monkeypatch)
     with pytest.raises(Killed):
-        export(storage, kinds=("webdataset",), max_shard_mb=0.05)
+        export(storage, kinds=("webdataset",), max_shard_mb=0.04)
     assert json.loads((folder / "_export.json").read_text()) == record  # the record still names the old build
     assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
     monkeypatch.setattr(shards.ShardSeries, "commit", real)
-    summary, _ = export(storage, kinds=("webdataset",), max_shard_mb=0.05)
+    summary, _ = export(storage, kinds=("webdataset",), max_shard_mb=0.04)
     samples = list(wds.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))), shardshuffle=False))
     assert len(samples) == sum(len(r) for r in rows.values()) - (len(rows["c03"]) - 2)
     assert "samples of 12 conversations" in summary.datasets["webdataset"]
+    assert "kept" not in summary.datasets["webdataset"]
+
+
+def test_killed_while_adding_shards_to_a_grown_dataset_leaves_no_duplicate_after_the_next_export(tmp_path,
+                                                                                                 monkeypatch):
+    """Two conversations re-rendered (new metadata) in a kept dataset: their shards are written anew under new
+    numbers; killed after the first, the record still names the old shards (all still there), and the next
+    export removes the orphan it left, so every turn is in the dataset once, with its new metadata."""
+    storage, rows = local_job(tmp_path, JOB)
+    export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    folder = tmp_path / "out/exports/webdataset"
+    record = json.loads((folder / "_export.json").read_text())
+    first, last = record["shards"][0]["conversations"][0][0], record["shards"][-1]["conversations"][-1][0]
+
+    from jobs.storage.outputs import OutputWriter
+    for cid in (first, last):
+        OutputWriter(storage).write_metadata(cid, [{**r, "text": r["text"] + " Again."} for r in rows[cid]])
+    real = killed_on_the_second_commit(monkeypatch)
+    with pytest.raises(Killed):
+        export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    assert json.loads((folder / "_export.json").read_text()) == record
+    assert all((folder.parent / e["key"]).exists() for e in record["shards"])
+
+    monkeypatch.setattr(shards.ShardSeries, "commit", real)
+    summary, _ = export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    samples = list(wds.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))), shardshuffle=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(f"{c}/{i:06d}" for c, r in rows.items() for i in range(len(r)))
+    again = {s["__key__"].split("/")[0] for s in samples if json.loads(s["json"])["text"].endswith(" Again.")}
+    assert again == {first, last}
+    assert "kept from the last export" in summary.datasets["webdataset"]
 
 
 def test_an_old_temporary_file_of_a_killed_export_is_removed_a_fresh_one_kept(tmp_path):

@@ -1,0 +1,64 @@
+"""Which dataset shards an export keeps and which conversations it writes again: a grown job's datasets gain
+shards for what is new instead of being rebuilt whole.
+
+Each dataset's record (`<kind>/_export.json`) lists its shards, and in each the conversations it holds with
+their metadata hash (a conversation re-rendered has a new one). A shard stays, untouched, while every
+conversation in it is still complete and unchanged; a shard holding one that changed or went away is written
+again with its others, and new conversations go into new shards, numbered after every shard the record names
+(so a new shard never replaces one a reader may still be using before the new record is up). Another shard
+size, split or license rebuilds the dataset whole, numbered from 0 as a first export is.
+
+An hf shard holds whole conversations; a webdataset shard rolls between samples, so a conversation may span two.
+Shards that share a conversation are kept or written again together, so keeping a shard never keeps half a
+conversation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SOURCE_CHARS = 16  # of a metadata hash: enough to tell a re-rendered conversation, small in a 1M-entry record
+
+
+def short(source: str) -> str:
+    return source[:SOURCE_CHARS]
+
+
+@dataclass
+class ShardPlan:
+    kept: list[dict] = field(default_factory=list)  # the record's entries of shards left as they are
+    todo: set[str] = field(default_factory=set)  # conversations to write into new shards
+    first: int = 0  # the number of the first new shard
+
+
+def plan_shards(entries: list[dict] | None, sources: dict[str, str]) -> ShardPlan:
+    """`entries`: the shards a previous export with the same settings recorded (None: none usable);
+    `sources`: every complete conversation's short metadata hash."""
+    if not entries:
+        return ShardPlan(todo=set(sources))
+    ok = [all(sources.get(cid) == src for cid, src in e["conversations"]) for e in entries]
+    while True:  # a conversation also in a shard written again is written again whole: drop its other shards
+        redone = {cid for e, good in zip(entries, ok) if not good for cid, _ in e["conversations"]}
+        still = [good and not any(cid in redone for cid, _ in e["conversations"]) for e, good in zip(entries, ok)]
+        if still == ok:
+            break
+        ok = still
+    kept = [e for e, good in zip(entries, ok) if good]
+    held = {cid for e in kept for cid, _ in e["conversations"]}
+    if not kept:
+        return ShardPlan(todo=set(sources))
+    return ShardPlan(kept, set(sources) - held, 1 + max(e["number"] for e in entries))
+
+
+def usable_entries(record: dict | None, settings: str, path: tuple[str, ...] = ()) -> list[dict] | None:
+    """The shard entries of `record` at `path` (e.g. ("splits", "train")) if it was written with `settings`
+    and in this format; None otherwise (an older export's record, or other settings: rebuild whole)."""
+    if not record or record.get("settings") != settings:
+        return None
+    node = record
+    for step in path:
+        node = node.get(step) or {}
+    entries = node.get("shards")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "conversations" in e for e in entries):
+        return None
+    return entries
