@@ -144,10 +144,16 @@ def job_options(command):
                    "local Ray).")
 @click.option("--export", "export_kinds", default=None, help="Also export as the job goes (see `csm-render export`): "
               "conversations,captions are made as each conversation completes, hf,webdataset at the end; under "
-              "OUT/exports/, with export's defaults.")
+              "OUT/exports/, with export's defaults unless --export-* say otherwise.")
+@click.option("--export-format", default=None, type=click.Choice(["wav", "flac", "mp3", "opus"]),
+              help="--export's conversations: wav (default), flac, mp3 or opus.")
+@click.option("--export-loudness", type=click.FloatRange(-70, 0), default=None,
+              help="--export's conversations: normalize each to this integrated loudness (LUFS; -16 podcasts).")
+@click.option("--export-pause-ms", type=click.IntRange(0, 60_000), default=None,
+              help="--export's conversations and captions: silence after a turn whose row has no pause_ms.")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
-        new_run, voices, export_kinds, backend) -> None:
+        new_run, voices, export_kinds, export_format, export_loudness, export_pause_ms, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.storage.jobrecord import JobMismatch
     from jobs.manifests.manifest import ManifestError
@@ -169,6 +175,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     voices=voices, backend=backend,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
     cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
+    cfg.export_options = _export_options(cfg.export, export_format, export_loudness, export_pause_ms)
     try:
         open_storage(out, s3_endpoint_url)
     except ValueError as e:
@@ -199,6 +206,25 @@ def _check_cluster_access(address: str | None) -> None:
         check_cluster_access(address)
     except ClusterAuthError as e:
         _fail(str(e))
+
+
+def _export_options(kinds: tuple[str, ...], audio_format: str | None, loudness: float | None,
+                    pause_ms: int | None):
+    """run --export-*'s settings as export's options (None: none given), checked like export's own (exit 2)."""
+    given = {k: v for k, v in (("audio_format", audio_format), ("loudness_lufs", loudness), ("pause_ms", pause_ms))
+             if v is not None}
+    if not given:
+        return None
+    if not kinds:
+        _fail("--export-format, --export-loudness and --export-pause-ms need --export KINDS")
+    from jobs.export.options import ExportOptions, ExportRequestError, check_options
+
+    opts = ExportOptions(kinds=kinds, **given)
+    try:
+        check_options(opts)
+    except ExportRequestError as e:
+        _fail(f"--export-{str(e).lstrip('-')}")
+    return opts
 
 
 def _export_kinds(value: str | None) -> tuple[str, ...]:

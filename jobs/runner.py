@@ -48,6 +48,7 @@ class RunConfig:
     watchdog_s: float = 900.0  # a worker holding conversations that commits nothing for this long is stopped
     lock_wait_s: float = 140.0  # how long to wait for another run to release OUT (jobs/storage/run_lock.py)
     export: tuple[str, ...] = ()  # run --export: kinds made as conversations complete, then at the end (jobs/export)
+    export_options: object = None  # run --export-*: jobs.export.options.ExportOptions (None: export's defaults)
     voices: str | None = None  # --voices: the cast file or folder
     backend: str | None = None  # --backend (csm_worker/backends); None: $CSM_RENDER_BACKEND, else auto
     cast: Cast | None = None  # read from `voices` by run_job; the workers get it with the config
@@ -120,7 +121,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
             if cfg.export:
                 from jobs.export.live import final_export
 
-                summary.exports = final_export(storage, cfg.export).text()
+                summary.exports = final_export(storage, cfg).text()
     summary.wall_seconds = time.monotonic() - started
     return summary
 

@@ -14,6 +14,7 @@ import logging
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from jobs.storage import Storage
 
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class LiveExporter:
-    def __init__(self, storage: Storage, kinds: tuple[str, ...]):
-        self.opts = ExportOptions(kinds=tuple(k for k in kinds if k in PER_CONVERSATION))
+    def __init__(self, storage: Storage, opts: ExportOptions):
+        self.opts = replace(opts, kinds=tuple(k for k in opts.kinds if k in PER_CONVERSATION))
         self.view, self.dest = JobView(storage), open_dest(storage, None)
         self.summary = ExportSummary(self.dest.url, self.opts.kinds)
         self._scratch = tempfile.TemporaryDirectory(prefix="csm-render-export-")
@@ -51,16 +52,21 @@ class LiveExporter:
         print(f"exported {made} conversation(s) as they completed", file=sys.stderr)
 
 
+def export_options(cfg) -> ExportOptions:
+    """What `run --export` (RunConfig) asked for: its kinds, with run's --export-* settings or export's defaults."""
+    opts = getattr(cfg, "export_options", None) or ExportOptions()
+    return replace(opts, kinds=tuple(getattr(cfg, "export", ()) or ()))
+
+
 def live_exporter(cfg, storage: Storage) -> LiveExporter | None:
     """The job's live exporter, or None when `cfg.export` (RunConfig) asks for no per-conversation kind."""
-    kinds = tuple(getattr(cfg, "export", ()) or ())
-    if not any(k in PER_CONVERSATION for k in kinds):
+    opts = export_options(cfg)
+    if not any(k in PER_CONVERSATION for k in opts.kinds):
         return None
-    return LiveExporter(storage, kinds)
+    return LiveExporter(storage, opts)
 
 
-def final_export(storage: Storage, kinds: tuple[str, ...]) -> ExportSummary:
-    """The export pass at the end of `run --export`: what is complete and not yet exported, the datasets."""
-    opts = ExportOptions(kinds=kinds)
-    view = JobView(storage)
-    return export_job(view, open_dest(storage, None), opts)
+def final_export(storage: Storage, cfg) -> ExportSummary:
+    """The export pass at the end of `run --export`: what is complete and not yet exported (with the same
+    settings as the live exports, so none is redone), the datasets."""
+    return export_job(JobView(storage), open_dest(storage, None), export_options(cfg))

@@ -50,3 +50,27 @@ def test_run_export_refuses_an_unknown_kind_before_writing(tmp_path, csm_render)
     result = csm_render("run", write_manifest(tmp_path / "m"), "--out", out, *JOB_ARGS, "--export", "mp4")
     assert result.returncode == 2 and "unknown export kind 'mp4'" in result.stderr
     assert not out.exists()
+
+
+def test_run_export_takes_format_loudness_and_pause_and_the_final_pass_keeps_them(tmp_path, csm_render):
+    """--export-* settings reach both the exports made as conversations complete and the final pass (which
+    would otherwise redo every one in export's defaults)."""
+    out = tmp_path / "out"
+    rows = [r for r in ROWS if r[0] == "kitchen"]
+    args = ["run", write_manifest(tmp_path / "m", rows), "--out", out, *JOB_ARGS, "--export", "conversations",
+            "--export-format", "flac", "--export-loudness", "-20", "--export-pause-ms", "0"]
+    result = csm_render(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert exported(out, "conversations", ".flac") == ["kitchen"] and not exported(out, "conversations", ".wav")
+    assert "conversations: 0 exported, 1 already up to date" in result.stdout  # the final pass: same settings
+    record = json.loads((out / "exports/conversations/kitchen.json").read_text())
+    assert record["loudness"]["target_lufs"] == -20.0 and abs(record["loudness"]["after_lufs"] + 20.0) < 0.5
+    commits = [json.loads((out / f"commits/kitchen/{i:06d}.json").read_text()) for i in range(3)]
+    assert record["num_samples"] == sum(r["num_samples"] for r in commits) + 300 * 24  # only the row's own pause
+
+
+def test_run_export_settings_without_export_are_refused_before_writing(tmp_path, csm_render):
+    out = tmp_path / "out"
+    result = csm_render("run", write_manifest(tmp_path / "m"), "--out", out, *JOB_ARGS, "--export-format", "mp3")
+    assert result.returncode == 2 and "need --export KINDS" in result.stderr
+    assert not out.exists()
