@@ -21,10 +21,12 @@ from jobs.storage import TMP_PREFIX, LocalStorage, Storage, open_storage
 
 from jobs.export import per_conversation
 from jobs.export.destination import open_dest
+from jobs.export import hf_dataset, webdataset_shards
 from jobs.export.hf_dataset import SPLITS, HfDataset, dataset_card, license_for, split_of
 from jobs.export.options import PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
 from jobs.export.reader import ExportError, JobView, iter_conversations
-from jobs.export.shard_plan import plan_shards, short, usable_entries
+from jobs.export.shard_plan import plan_shards, recorded_keys, short, usable_entries
+from jobs.export.shards import remove_stale
 from jobs.export.webdataset_shards import TarShards, sample_files, sample_key
 
 DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license"), "webdataset": ("max_shard_mb",)}
@@ -110,6 +112,8 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
                 summary.datasets[kind] = "already up to date"
         if stale:
             _write_datasets(view, dest, opts, stale, sources, scratch, summary)
+        for kind in dataset_kinds:  # also when up to date: a kill after the record left files it does not name
+            _remove_unrecorded(dest, kind)
     return summary
 
 
@@ -134,8 +138,8 @@ def export_one(view: JobView, dest: Storage, conv, opts: ExportOptions, scratch:
 
 def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
                     scratch: str, summary: ExportSummary) -> None:
-    """The stale dataset kinds: their unchanged shards kept, new shards for the rest, then each record, then
-    the shards the record no longer names removed."""
+    """The stale dataset kinds: their unchanged shards kept, new shards for the rest, then each record (the
+    caller then removes the shards no record names)."""
     max_bytes = int(opts.max_shard_mb * 1024 * 1024)
     hf, tars = _dataset_writers(view, dest, opts, kinds, sources, scratch, max_bytes)
     writers = [w for w in (hf, tars) if w]
@@ -173,7 +177,6 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
         splits = hf.finish(dataset_card(hf.counts(), view.fingerprint, license_id, conversations))
         _write_record(dest, "hf", digests["hf"].hexdigest(), {
             "settings": settings["hf"], "splits": splits, "conversations": conversations})
-        hf.remove_stale(splits)
         rows = sum(c["rows"] for c in splits.values())
         shards = sum(len(c["shards"]) for c in splits.values())
         summary.datasets["hf"] = f"{rows} turns of {conversations} conversations in {shards} shard(s)" + \
@@ -183,7 +186,6 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
         _write_record(dest, "webdataset", digests["webdataset"].hexdigest(), {
             "settings": settings["webdataset"], "shards": entries, "samples": tars.samples,
             "conversations": conversations})
-        tars.remove_stale(entries)
         summary.datasets["webdataset"] = f"{tars.samples} samples of {conversations} conversations in " \
                                          f"{len(entries)} shard(s)" + _reuse(len(tars.plan.kept))
 
@@ -196,12 +198,34 @@ def _dataset_writers(view: JobView, dest: Storage, opts: ExportOptions, kinds: l
         record, settings = _read_record(dest, "hf"), opts.settings_hash(*DATASET_SETTINGS["hf"])
         by_split = {s: {c: src for c, src in sources.items() if split_of(c, opts.validation_fraction) == s}
                     for s in SPLITS}
-        plans = {s: plan_shards(usable_entries(record, settings, ("splits", s)), by_split[s]) for s in SPLITS}
+        plans = {s: plan_shards(usable_entries(record, settings, ("splits", s)), by_split[s], _shard_files(dest, "hf", s))
+                 for s in SPLITS}
         hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url, plans)
     if "webdataset" in kinds:
         record, settings = _read_record(dest, "webdataset"), opts.settings_hash(*DATASET_SETTINGS["webdataset"])
-        tars = TarShards(dest, scratch, max_bytes, plan_shards(usable_entries(record, settings), sources))
+        tars = TarShards(dest, scratch, max_bytes,
+                         plan_shards(usable_entries(record, settings), sources, _shard_files(dest, "webdataset")))
     return hf, tars
+
+
+def _shard_files(dest: Storage, kind: str, split: str | None = None) -> list[str]:
+    """The shard files of a dataset (one hf split) in DEST, whatever wrote them."""
+    if kind == "hf":
+        return [k for k in dest.list(f"{hf_dataset.PREFIX}data/{split}-") if hf_dataset.is_shard(k)]
+    return [k for k in dest.list(webdataset_shards.PREFIX) if webdataset_shards.is_shard(k)]
+
+
+def _remove_unrecorded(dest: Storage, kind: str) -> None:
+    """Remove the dataset's shard files its record does not name: shards written again elsewhere, and those of
+    a killed export. Nothing without a record in this format (what it names is not known)."""
+    record = _read_record(dest, kind)
+    paths = [("splits", s) for s in SPLITS] if kind == "hf" else [()]
+    keys = [recorded_keys(record, path) for path in paths]
+    if any(k is None for k in keys):
+        return
+    module = hf_dataset if kind == "hf" else webdataset_shards
+    prefix = f"{hf_dataset.PREFIX}data/" if kind == "hf" else webdataset_shards.PREFIX
+    remove_stale(dest, prefix, [key for ks in keys for key in ks], module.is_shard)
 
 
 def _reuse(kept: int) -> str:

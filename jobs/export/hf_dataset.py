@@ -20,7 +20,7 @@ from jobs.storage import Storage
 
 from jobs.export.reader import SAMPLE_RATE
 from jobs.export.shard_plan import ShardPlan, short
-from jobs.export.shards import ShardSeries, remove_stale
+from jobs.export.shards import ShardSeries
 
 PREFIX = "hf/"
 ROW_GROUP = 100  # rows: the datasets viewer and streaming readers fetch a row group at a time
@@ -133,16 +133,11 @@ class HfDataset:
                 "codes_path": f"{self.out_url}/{row['codes_path']}"}  # absolute: usable away from OUT
 
     def finish(self, card: str) -> dict:
-        """Close the last shards and write the card; returns the record's splits (remove_stale() after the
-        record is written)."""
+        """Close the last shards and write the card; returns the record's splits."""
         for w in self.splits.values():
             w.finish()
         self.dest.write_bytes(f"{PREFIX}README.md", card.encode())
         return {s: {**self._counts(s), "shards": self.plans[s].kept + self.splits[s].series.entries} for s in SPLITS}
-
-    def remove_stale(self, splits: dict) -> None:
-        remove_stale(self.dest, f"{PREFIX}data/", [e["key"] for s in splits.values() for e in s["shards"]],
-                     is_shard)
 
     def abort(self) -> None:
         for w in self.splits.values():

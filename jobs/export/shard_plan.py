@@ -2,11 +2,13 @@
 shards for what is new instead of being rebuilt whole.
 
 Each dataset's record (`<kind>/_export.json`) lists its shards, and in each the conversations it holds with
-their metadata hash (a conversation re-rendered has a new one). A shard stays, untouched, while every
-conversation in it is still complete and unchanged; a shard holding one that changed or went away is written
-again with its others, and new conversations go into new shards, numbered after every shard the record names
-(so a new shard never replaces one a reader may still be using before the new record is up). Another shard
-size, split or license rebuilds the dataset whole, numbered from 0 as a first export is.
+their metadata hash (a conversation re-rendered has a new one). A shard stays, untouched, while its file is
+there and every conversation in it is still complete and unchanged; a shard holding one that changed or went
+away is written again with its others, and new conversations go into new shards. Another shard size, split or
+license rebuilds the dataset whole. New shards are always numbered after every shard file in DEST, so a build
+never overwrites a file that a record, a reader or a killed export's leftovers may still refer to; after the
+new record is up, the files it does not name are removed (on every export, so a kill between the two is
+mended by the next one).
 
 An hf shard holds whole conversations; a webdataset shard rolls between samples, so a conversation may span two.
 Shards that share a conversation are kept or written again together, so keeping a shard never keeps half a
@@ -31,12 +33,14 @@ class ShardPlan:
     first: int = 0  # the number of the first new shard
 
 
-def plan_shards(entries: list[dict] | None, sources: dict[str, str]) -> ShardPlan:
+def plan_shards(entries: list[dict] | None, sources: dict[str, str], present: list[str]) -> ShardPlan:
     """`entries`: the shards a previous export with the same settings recorded (None: none usable);
-    `sources`: every complete conversation's short metadata hash."""
+    `sources`: every complete conversation's short metadata hash; `present`: the shard files in DEST."""
+    first = 1 + max((n for n in map(shard_number, present) if n is not None), default=-1)
     if not entries:
-        return ShardPlan(todo=set(sources))
-    ok = [all(sources.get(cid) == src for cid, src in e["conversations"]) for e in entries]
+        return ShardPlan(todo=set(sources), first=first)
+    there = set(present)
+    ok = [e["key"] in there and all(sources.get(cid) == src for cid, src in e["conversations"]) for e in entries]
     while True:  # a conversation also in a shard written again is written again whole: drop its other shards
         redone = {cid for e, good in zip(entries, ok) if not good for cid, _ in e["conversations"]}
         still = [good and not any(cid in redone for cid, _ in e["conversations"]) for e, good in zip(entries, ok)]
@@ -45,9 +49,26 @@ def plan_shards(entries: list[dict] | None, sources: dict[str, str]) -> ShardPla
         ok = still
     kept = [e for e, good in zip(entries, ok) if good]
     held = {cid for e in kept for cid, _ in e["conversations"]}
-    if not kept:
-        return ShardPlan(todo=set(sources))
-    return ShardPlan(kept, set(sources) - held, 1 + max(e["number"] for e in entries))
+    return ShardPlan(kept, set(sources) - held, first)
+
+
+def shard_number(key: str) -> int | None:
+    """The number in a shard's name (".../train-000012.parquet", ".../shard-000003.tar")."""
+    stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
+    digits = stem.rsplit("-", 1)[-1]
+    return int(digits) if digits.isdigit() else None
+
+
+def recorded_keys(record: dict | None, path: tuple[str, ...] = ()) -> list[str] | None:
+    """Every shard key the record lists at `path` (each split for hf), whatever its settings; None when it
+    lists none in this format."""
+    node = record or {}
+    for step in path:
+        node = node.get(step) or {}
+    entries = node.get("shards")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "key" in e for e in entries):
+        return None
+    return [e["key"] for e in entries]
 
 
 def usable_entries(record: dict | None, settings: str, path: tuple[str, ...] = ()) -> list[dict] | None:

@@ -18,7 +18,7 @@ import tarfile
 from jobs.storage import Storage
 
 from jobs.export.shard_plan import ShardPlan, short
-from jobs.export.shards import ShardSeries, remove_stale
+from jobs.export.shards import ShardSeries
 
 PREFIX = "webdataset/"
 
@@ -73,12 +73,9 @@ class TarShards:
             self.series.commit()
 
     def finish(self) -> list[dict]:
-        """Close the last shard; the record's entries, kept and new (remove_stale() after the record)."""
+        """Close the last shard; the record's entries, kept and new."""
         self._close_shard()
         return self.plan.kept + self.series.entries
-
-    def remove_stale(self, entries: list[dict]) -> None:
-        remove_stale(self.series.dest, PREFIX, [e["key"] for e in entries], is_shard)
 
     def abort(self) -> None:
         if self.tar is not None:

@@ -124,3 +124,58 @@ def test_an_old_temporary_file_of_a_killed_export_is_removed_a_fresh_one_kept(tm
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     export(storage, kinds=("conversations",))
     assert not old.exists() and fresh.exists()
+
+
+def samples_in(folder):
+    return sorted(s["__key__"] for s in wds.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))),
+                                                        shardshuffle=False))
+
+
+def rerender(storage, rows, cid):
+    from jobs.storage.outputs import OutputWriter
+
+    OutputWriter(storage).write_metadata(cid, [{**r, "text": r["text"] + " Again."} for r in rows[cid]])
+
+
+def test_killed_after_the_record_the_next_export_removes_the_shards_it_no_longer_names(tmp_path, monkeypatch):
+    import jobs.export.command as command
+
+    storage, rows = local_job(tmp_path, JOB)
+    export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    folder = tmp_path / "out/exports/webdataset"
+    want = samples_in(folder)
+    rerender(storage, rows, json.loads((folder / "_export.json").read_text())["shards"][0]["conversations"][0][0])
+    real = command.remove_stale
+
+    def killed(*args):
+        raise Killed()
+
+    monkeypatch.setattr(command, "remove_stale", killed)
+    with pytest.raises(Killed):
+        export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    assert len(samples_in(folder)) > len(want)  # the old shard is still there beside its rewrite
+    monkeypatch.setattr(command, "remove_stale", real)
+    summary, _ = export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    assert summary.datasets["webdataset"] == "already up to date" and samples_in(folder) == want
+
+
+@pytest.mark.parametrize("change", ["every_shard", "settings"])
+def test_a_killed_rebuild_never_overwrites_a_recorded_shard(tmp_path, monkeypatch, change):
+    """Nothing kept (a conversation changed in every shard), or other settings: the rebuild's shards are numbered
+    after every file there. Killed after its first shard, the old record still describes the files on disk, and
+    an export with the old settings afterwards keeps what it may and loses nothing."""
+    storage, rows = local_job(tmp_path, JOB)
+    export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    folder = tmp_path / "out/exports/webdataset"
+    record = json.loads((folder / "_export.json").read_text())
+    shard0 = (folder / "shard-000000.tar").read_bytes()
+    for e in record["shards"] if change == "every_shard" else record["shards"][-1:]:
+        rerender(storage, rows, e["conversations"][0][0])
+    real = killed_on_the_second_commit(monkeypatch)
+    with pytest.raises(Killed):
+        export(storage, kinds=("webdataset",), max_shard_mb=0.2 if change == "every_shard" else 0.1)
+    assert (folder / "shard-000000.tar").read_bytes() == shard0
+    assert json.loads((folder / "_export.json").read_text()) == record
+    monkeypatch.setattr(shards.ShardSeries, "commit", real)
+    export(storage, kinds=("webdataset",), max_shard_mb=0.2)
+    assert samples_in(folder) == sorted(f"{c}/{i:06d}" for c, r in rows.items() for i in range(len(r)))
