@@ -310,12 +310,12 @@ class _Validator:
             if need > self.window:
                 messages[r] = (f"text too long to fit the model's window ({positions} positions + {need - positions} "
                                f"audio frames > {self.window}): shorten the text or split the turn")
-        if self.rooms is not None and "conversation_id" in cols:
-            ids = cols["conversation_id"].to_pylist()
-            bad_id = bad.get("conversation_id", np.zeros(n, dtype=bool))
-            kept = [i for i, r in enumerate(rows) if not bad_id[r] and ids[r] is not None]
-            self.rooms.add([ids[rows[i]] for i in kept], [bool(given[rows[i]]) for i in kept],
-                           [needs[i] for i in kept])
+        if self.rooms is not None and "conversation_id" in cols and "turn_index" in cols:
+            ids, turns = cols["conversation_id"].to_pylist(), cols["turn_index"].to_pylist()
+            unusable = bad.get("conversation_id", np.zeros(n, dtype=bool)) | bad.get("turn_index", np.zeros(n, dtype=bool))
+            kept = [i for i, r in enumerate(rows) if not unusable[r] and ids[r] is not None and turns[r] is not None]
+            self.rooms.add([ids[rows[i]] for i in kept], [turns[rows[i]] for i in kept],
+                           [bool(given[rows[i]]) for i in kept], [needs[i] for i in kept])
         return _row_issue("text", messages)
 
     def _count_positions(self, speakers: list[int], texts: list[str]) -> list[int]:

@@ -108,14 +108,16 @@ def test_the_window_check_counts_each_conversations_longest_turn_and_given_turns
     tone(tmp_path / "own.wav", seconds=0.8)  # 10 frames + its EOS frame
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({
-        "conversation_id": ["short", "long", "long", "given", "given"], "turn_index": [0, 0, 1, 0, 1],
-        "speaker": [0, 0, 0, 1, 0], "text": ["x"] * 5, "audio": [None, None, None, "own.wav", None],
-        "max_audio_length_ms": pa.array([800, 800, 4000, None, 800], pa.int64())}), manifest)
+        "conversation_id": ["short", "long", "long", "given", "given", "late", "late"],
+        "turn_index": [0, 0, 1, 0, 1, 0, 1], "speaker": [0, 0, 0, 1, 0, 0, 1], "text": ["x"] * 7,
+        "audio": [None, None, None, "own.wav", None, None, "own.wav"],
+        "max_audio_length_ms": pa.array([800, 800, 4000, None, 800, 800, None], pa.int64())}), manifest)
     positions = lambda speaker, text: 10
     report = validate_manifests([str(manifest)], text_positions=positions, collect_rooms=True)
-    rooms = {r["conversation_id"]: (r["given"], r["longest"]) for r in report.rooms.to_pylist()}
-    # Turns: 10 text positions + max_audio_length_ms / 80 frames; "given"'s recording 10 + 11 frames.
-    assert rooms == {"short": (0, 20), "long": (0, 60), "given": (21, 20)}
+    rooms = {r["conversation_id"]: (r["given"], r["longest"], r["given_first"]) for r in report.rooms.to_pylist()}
+    # Turns: 10 text positions + max_audio_length_ms / 80 frames; "given"'s recording 10 + 11 frames. "late"
+    # gives its recording after the turn it renders, which never has it in context: not counted.
+    assert rooms == {"short": (0, 20, True), "long": (0, 60, True), "given": (21, 20, True), "late": (0, 20, False)}
     pairs = speaker_pairs([str(manifest)])
     # "long": Ann's 32 + its 4 s turn's 60 = 92; with one default turn of 20 it looked like 52.
     assert check_window(cast, pairs, positions, window=91 + 1, turn_room=20, rooms=report.rooms) == []
