@@ -215,9 +215,11 @@ def _export_options(kinds: tuple[str, ...], audio_format: str | None, loudness: 
              if v is not None}
     if not given:
         return None
-    if not kinds:
-        _fail("--export-format, --export-loudness and --export-pause-ms need --export KINDS")
-    from jobs.export.options import ExportOptions, ExportRequestError, check_options
+    from jobs.export.options import PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
+
+    if not any(k in PER_CONVERSATION for k in kinds):  # the datasets hold the job's files as they are
+        _fail("--export-format, --export-loudness and --export-pause-ms need --export KINDS with conversations or "
+              "captions")
 
     opts = ExportOptions(kinds=kinds, **given)
     try:

@@ -71,6 +71,8 @@ def test_run_export_takes_format_loudness_and_pause_and_the_final_pass_keeps_the
 
 def test_run_export_settings_without_export_are_refused_before_writing(tmp_path, csm_render):
     out = tmp_path / "out"
-    result = csm_render("run", write_manifest(tmp_path / "m"), "--out", out, *JOB_ARGS, "--export-format", "mp3")
-    assert result.returncode == 2 and "need --export KINDS" in result.stderr
-    assert not out.exists()
+    for export in ([], ["--export", "hf"]):  # none, or only kinds these settings do not touch
+        result = csm_render("run", write_manifest(tmp_path / "m"), "--out", out, *JOB_ARGS, *export,
+                            "--export-format", "mp3")
+        assert result.returncode == 2 and "need --export KINDS with conversations or captions" in result.stderr
+        assert not out.exists()
