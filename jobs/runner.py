@@ -120,8 +120,12 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
                     storage.remove_leftovers(layout.FOLDERS)
             if cfg.export:
                 from jobs.export.live import final_export
+                from jobs.export.options import ExportRequestError
 
-                summary.exports = final_export(storage, cfg).text()
+                try:
+                    summary.exports = final_export(storage, cfg).text()
+                except ExportRequestError as e:  # another export holds the datasets: the render stands
+                    summary.exports = f"export not finished: {e}; run `csm-render export {cfg.out}` later"
     summary.wall_seconds = time.monotonic() - started
     return summary
 

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from jobs.storage import TMP_PREFIX, LocalStorage, Storage, open_storage
@@ -32,6 +33,7 @@ from jobs.export.webdataset_shards import TarShards, sample_files, sample_key
 DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license"), "webdataset": ("max_shard_mb",)}
 _SHOWN = 10  # conversations named per line of the summary
 TEMP_MAX_AGE_S = 3600.0  # an export's temporary file this old was left by a killed export, not one still going
+DATASETS_LOCK_WAIT_S = 150.0  # for another export's dataset pass to end (or its lease to expire), then exit 2
 
 
 @dataclass
@@ -106,15 +108,36 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
                 sources[item.conversation_id] = short(item.source)
                 for digest in digests.values():
                     digest.update(f"{item.conversation_id}\0{short(item.source)}\n".encode())
-        stale = [k for k in dataset_kinds if _dataset_source(dest, k) != digests[k].hexdigest()]
-        for kind in dataset_kinds:
-            if kind not in stale:
-                summary.datasets[kind] = "already up to date"
-        if stale:
-            _write_datasets(view, dest, opts, stale, sources, scratch, summary)
-        for kind in dataset_kinds:  # also when up to date: a kill after the record left files it does not name
-            _remove_unrecorded(dest, kind)
+        if dataset_kinds:
+            with _datasets_lock(dest):
+                stale = [k for k in dataset_kinds
+                         if _dataset_source(dest, k) != digests[k].hexdigest() or _missing_shards(dest, k)]
+                for kind in dataset_kinds:
+                    if kind not in stale:
+                        summary.datasets[kind] = "already up to date"
+                if stale:
+                    _write_datasets(view, dest, opts, stale, sources, scratch, summary)
+                for kind in dataset_kinds:  # also when up to date: a kill after the record left files it does not name
+                    _remove_unrecorded(dest, kind)
     return summary
+
+
+@contextmanager
+def _datasets_lock(dest: Storage):
+    """One export at a time writes a DEST's datasets: two would plan from the same record, and one's clean-up
+    could remove the other's new shards. The same lease a run takes on OUT (run_lock.py), here on DEST."""
+    from jobs.storage.run_lock import OutInUse, RunLock
+
+    lock = RunLock(dest, wait_s=DATASETS_LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except OutInUse as e:
+        raise ExportRequestError(f"another export is writing the datasets in {dest.url}; try again when it has "
+                                 f"finished ({e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def export_one(view: JobView, dest: Storage, conv, opts: ExportOptions, scratch: str,
@@ -213,6 +236,16 @@ def _shard_files(dest: Storage, kind: str, split: str | None = None) -> list[str
     if kind == "hf":
         return [k for k in dest.list(f"{hf_dataset.PREFIX}data/{split}-") if hf_dataset.is_shard(k)]
     return [k for k in dest.list(webdataset_shards.PREFIX) if webdataset_shards.is_shard(k)]
+
+
+def _missing_shards(dest: Storage, kind: str) -> bool:
+    """Whether a shard the record names is not there (removed by hand, or by another export's clean-up): the
+    dataset is then written again, whatever its hash says."""
+    record = _read_record(dest, kind)
+    paths = [("splits", s) for s in SPLITS] if kind == "hf" else [()]
+    recorded = {key for path in paths for key in (recorded_keys(record, path) or [])}
+    present = {k for s in SPLITS for k in _shard_files(dest, "hf", s)} if kind == "hf" else set(_shard_files(dest, kind))
+    return not recorded <= present
 
 
 def _remove_unrecorded(dest: Storage, kind: str) -> None:

@@ -56,12 +56,13 @@ def local_job(tmp_path, conversations, **kw) -> tuple[LocalStorage, dict]:
 
 
 def snapshot(root) -> dict[str, tuple[bytes, int]]:
-    """Every file under `root`: its bytes and mtime (ns), to show a re-run changed nothing."""
+    """Every file under `root`: its bytes and mtime (ns), to show a re-run changed nothing. Lease records
+    (`locks/`: an export's on DEST while it writes datasets) are bookkeeping, not outputs, and are left out."""
     import os
     from pathlib import Path
 
     out = {}
     for path in sorted(Path(root).rglob("*")):
-        if path.is_file():
+        if path.is_file() and "locks" not in path.relative_to(root).parts[:-1]:
             out[str(path.relative_to(root))] = (path.read_bytes(), os.stat(path).st_mtime_ns)
     return out

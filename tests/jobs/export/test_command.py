@@ -87,6 +87,34 @@ def test_a_grown_job_adds_shards_and_keeps_the_old_ones_untouched(tmp_path):
     assert "4 turns of 3 conversations" in card and "num_examples: 4" in card.replace("'", "")
 
 
+def test_a_recorded_shard_that_is_gone_is_written_again_though_nothing_changed(tmp_path):
+    storage, _ = local_job(tmp_path, JOB, failed={"broke"}, unfinished={"running"})
+    export(storage, kinds=("webdataset",))
+    shard = tmp_path / "out/exports/webdataset/shard-000000.tar"
+    shard.unlink()  # by hand, or by another export's clean-up
+    summary, _ = export(storage, kinds=("webdataset",))
+    assert "3 samples of 2 conversations in 1 shard(s)" in summary.datasets["webdataset"]
+    keys = [s["__key__"] for s in wds.WebDataset(sorted(map(str, shard.parent.glob("*.tar"))), shardshuffle=False)]
+    assert keys == ["ok-1/000000", "ok-1/000001", "ok-2/000000"]
+
+
+def test_two_exports_do_not_write_one_dests_datasets_at_once(tmp_path, monkeypatch):
+    from jobs.export import command
+    from jobs.export.options import ExportRequestError
+    from jobs.storage import LocalStorage
+    from jobs.storage.run_lock import RunLock
+
+    storage, _ = local_job(tmp_path, JOB, failed={"broke"})
+    monkeypatch.setattr(command, "DATASETS_LOCK_WAIT_S", 0.0)
+    (tmp_path / "out/exports").mkdir()
+    with RunLock(LocalStorage(tmp_path / "out/exports")):  # another export, in its dataset pass
+        with pytest.raises(ExportRequestError, match="another export is writing the datasets"):
+            export(storage, kinds=KINDS)
+    assert not list((tmp_path / "out/exports").glob("*/_export.json"))  # no dataset written
+    summary, _ = export(storage, kinds=KINDS)  # once it has finished
+    assert "4 samples of 3 conversations" in summary.datasets["webdataset"]
+
+
 def test_export_never_changes_what_the_job_wrote(tmp_path):
     storage, _ = local_job(tmp_path, JOB, failed={"broke"})
     job = {k: v for k, v in snapshot(tmp_path / "out").items()}
