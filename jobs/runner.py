@@ -22,7 +22,7 @@ from jobs.plan.order import Defaults, WorkItem, plan
 from jobs.progress import Progress
 from jobs.storage.run_lock import RunLock
 from jobs.plan.spool import build_spool
-from jobs.storage import Storage, open_storage
+from jobs.storage import Storage, StorageError, open_storage
 from jobs.manifests.validation import validated_manifests
 from jobs.manifests.voices import Cast, read_cast
 
@@ -124,8 +124,9 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
 
                 try:
                     summary.exports = final_export(storage, cfg).text()
-                except ExportRequestError as e:  # another export holds the datasets: the render stands
-                    summary.exports = f"export not finished: {e}; run `csm-render export {cfg.out}` later"
+                except (ExportRequestError, StorageError, OSError) as e:  # e.g. another export holds the datasets
+                    summary.exports = f"export not finished: {e}; the render stands: run `csm-render export " \
+                                      f"{cfg.out}` later"
     summary.wall_seconds = time.monotonic() - started
     return summary
 

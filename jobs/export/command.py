@@ -109,16 +109,21 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
                 for digest in digests.values():
                     digest.update(f"{item.conversation_id}\0{short(item.source)}\n".encode())
         if dataset_kinds:
-            with _datasets_lock(dest):
+            with _datasets_lock(dest) as guard:
                 stale = [k for k in dataset_kinds
                          if _dataset_source(dest, k) != digests[k].hexdigest() or _missing_shards(dest, k)]
                 for kind in dataset_kinds:
                     if kind not in stale:
                         summary.datasets[kind] = "already up to date"
                 if stale:
-                    _write_datasets(view, dest, opts, stale, sources, scratch, summary)
-                for kind in dataset_kinds:  # also when up to date: a kill after the record left files it does not name
+                    _write_datasets(view, dest, opts, stale, sources, scratch, summary, guard)
+                # Also when up to date: a kill after a record may have left files it does not name, or the
+                # card of a build that never got its record.
+                guard()
+                for kind in dataset_kinds:
                     _remove_unrecorded(dest, kind)
+                if "hf" in dataset_kinds:
+                    _write_card(view, dest, opts)
     return summary
 
 
@@ -134,8 +139,17 @@ def _datasets_lock(dest: Storage):
     except OutInUse as e:
         raise ExportRequestError(f"another export is writing the datasets in {dest.url}; try again when it has "
                                  f"finished ({e})") from None
+
+    def guard() -> None:
+        """Before each write another export could be making too (a shard, a record, the clean-up): still ours?
+        An export paused past the lease's ttl (a suspended host) must stop, not write over its successor's."""
+        lock.renew()
+        if lock.lost_to is not None:
+            raise ExportRequestError(f"this export lost the datasets in {dest.url} to another export (it was not "
+                                     f"heard from for {lock.ttl_s:.0f} s) and stopped; that export finishes them")
+
     try:
-        yield
+        yield guard
     finally:
         lock.release()
 
@@ -160,16 +174,18 @@ def export_one(view: JobView, dest: Storage, conv, opts: ExportOptions, scratch:
 
 
 def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
-                    scratch: str, summary: ExportSummary) -> None:
+                    scratch: str, summary: ExportSummary, guard) -> None:
     """The stale dataset kinds: their unchanged shards kept, new shards for the rest, then each record (the
-    caller then removes the shards no record names)."""
+    caller then removes the shards no record names). `guard()` before each write: the lease is still ours."""
     max_bytes = int(opts.max_shard_mb * 1024 * 1024)
-    hf, tars = _dataset_writers(view, dest, opts, kinds, sources, scratch, max_bytes)
+    hf, tars = _dataset_writers(view, dest, opts, kinds, sources, scratch, max_bytes, guard)
     writers = [w for w in (hf, tars) if w]
     todo = sorted(cid for cid in sources if any(w.wants(cid) for w in writers))
     digests = {k: _dataset_digest(k, opts) for k in kinds}
+    seen = set()
     try:
         for conv in iter_conversations(view, todo):
+            seen.add(conv.conversation_id)
             if isinstance(conv, ExportError) or conv.conversation_id in summary.errors:
                 continue
             try:
@@ -188,6 +204,8 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
         for writer in writers:
             writer.abort()
         raise
+    for cid in set(todo) - seen:  # its metadata went away since pass 1 (a --new-run): in no shard, so not counted
+        summary.errors[cid] = "its metadata is gone since this export began (a new run of the job?)"
     conversations = 0  # in the datasets: kept or written now (all of pass 1's but any left out since)
     for cid, source in sources.items():  # hashed as pass 1 hashes them
         if cid not in summary.errors:
@@ -196,8 +214,8 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
                 digest.update(f"{cid}\0{source}\n".encode())
     settings = {k: opts.settings_hash(*DATASET_SETTINGS[k]) for k in kinds}
     if hf:
-        license_id = opts.license or license_for(view.fingerprint.get("model", ""))
-        splits = hf.finish(dataset_card(hf.counts(), view.fingerprint, license_id, conversations))
+        splits = hf.finish()
+        guard()
         _write_record(dest, "hf", digests["hf"].hexdigest(), {
             "settings": settings["hf"], "splits": splits, "conversations": conversations})
         rows = sum(c["rows"] for c in splits.values())
@@ -206,6 +224,7 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
             _reuse(sum(len(hf.plans[s].kept) for s in SPLITS))
     if tars:
         entries = tars.finish()
+        guard()
         _write_record(dest, "webdataset", digests["webdataset"].hexdigest(), {
             "settings": settings["webdataset"], "shards": entries, "samples": tars.samples,
             "conversations": conversations})
@@ -214,7 +233,7 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
 
 
 def _dataset_writers(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
-                     scratch: str, max_bytes: int) -> tuple[HfDataset | None, TarShards | None]:
+                     scratch: str, max_bytes: int, guard) -> tuple[HfDataset | None, TarShards | None]:
     """Each kind's writer, with the plan its record allows (nothing kept when the settings changed)."""
     hf = tars = None
     if "hf" in kinds:
@@ -223,11 +242,11 @@ def _dataset_writers(view: JobView, dest: Storage, opts: ExportOptions, kinds: l
                     for s in SPLITS}
         plans = {s: plan_shards(usable_entries(record, settings, ("splits", s)), by_split[s], _shard_files(dest, "hf", s))
                  for s in SPLITS}
-        hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url, plans)
+        hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url, plans, guard)
     if "webdataset" in kinds:
         record, settings = _read_record(dest, "webdataset"), opts.settings_hash(*DATASET_SETTINGS["webdataset"])
         tars = TarShards(dest, scratch, max_bytes,
-                         plan_shards(usable_entries(record, settings), sources, _shard_files(dest, "webdataset")))
+                         plan_shards(usable_entries(record, settings), sources, _shard_files(dest, "webdataset")), guard)
     return hf, tars
 
 
@@ -236,6 +255,24 @@ def _shard_files(dest: Storage, kind: str, split: str | None = None) -> list[str
     if kind == "hf":
         return [k for k in dest.list(f"{hf_dataset.PREFIX}data/{split}-") if hf_dataset.is_shard(k)]
     return [k for k in dest.list(webdataset_shards.PREFIX) if webdataset_shards.is_shard(k)]
+
+
+def _write_card(view: JobView, dest: Storage, opts: ExportOptions) -> None:
+    """hf/README.md as the record describes the dataset, written when it says anything else (written after
+    the record, so a kill in between, or a killed build of other settings, leaves a card the next export mends)."""
+    record = _read_record(dest, "hf")
+    if not record or "splits" not in record:
+        return
+    license_id = opts.license or license_for(view.fingerprint.get("model", ""))
+    counts = {s: {k: record["splits"].get(s, {}).get(k, 0) for k in ("rows", "seconds", "bytes")} for s in SPLITS}
+    card = dataset_card(counts, view.fingerprint, license_id, record.get("conversations", 0)).encode()
+    key = f"{hf_dataset.PREFIX}README.md"
+    try:
+        if dest.read_bytes(key) == card:
+            return
+    except FileNotFoundError:
+        pass
+    dest.write_bytes(key, card)
 
 
 def _missing_shards(dest: Storage, kind: str) -> bool:

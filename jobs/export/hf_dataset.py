@@ -55,8 +55,9 @@ class SplitWriter:
     column: min/max of a binary column are whole values, kilobytes per row group, all held in memory until the
     footer (it was 54 MB of footer and 270 MB of memory for a 256 MB shard)."""
 
-    def __init__(self, dest: Storage, scratch: str, split: str, max_bytes: int, first: int = 0):
-        self.series = ShardSeries(dest, scratch, lambda n: f"{PREFIX}data/{split}-{n:06d}.parquet", max_bytes, first)
+    def __init__(self, dest: Storage, scratch: str, split: str, max_bytes: int, first: int = 0, guard=None):
+        self.series = ShardSeries(dest, scratch, lambda n: f"{PREFIX}data/{split}-{n:06d}.parquet", max_bytes, first,
+                                  guard)
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[dict] = []
         self.pending_bytes = 0
@@ -110,10 +111,10 @@ class HfDataset:
     conversations."""
 
     def __init__(self, dest: Storage, scratch: str, max_bytes: int, validation_fraction: float, out_url: str,
-                 plans: dict[str, ShardPlan]):
+                 plans: dict[str, ShardPlan], guard=None):
         self.dest, self.fraction, self.out_url = dest, validation_fraction, out_url.rstrip("/")
         self.plans = plans
-        self.splits = {s: SplitWriter(dest, scratch, s, max_bytes, plans[s].first) for s in SPLITS}
+        self.splits = {s: SplitWriter(dest, scratch, s, max_bytes, plans[s].first, guard) for s in SPLITS}
 
     def wants(self, conversation_id: str) -> bool:
         return conversation_id in self.plans[split_of(conversation_id, self.fraction)].todo
@@ -132,22 +133,18 @@ class HfDataset:
                 "end_reason": row["end_reason"], "model": row["model"],
                 "codes_path": f"{self.out_url}/{row['codes_path']}"}  # absolute: usable away from OUT
 
-    def finish(self, card: str) -> dict:
-        """Close the last shards and write the card; returns the record's splits."""
+    def finish(self) -> dict:
+        """Close the last shards; returns the record's splits (the card follows the record: command.py)."""
         for w in self.splits.values():
             w.finish()
-        self.dest.write_bytes(f"{PREFIX}README.md", card.encode())
         return {s: {**self._counts(s), "shards": self.plans[s].kept + self.splits[s].series.entries} for s in SPLITS}
 
     def abort(self) -> None:
         for w in self.splits.values():
             w.abort()
 
-    def counts(self) -> dict:
-        """Rows, seconds and audio bytes per split: the kept shards' and this export's."""
-        return {s: self._counts(s) for s in SPLITS}
-
     def _counts(self, split: str) -> dict:
+        """Rows, seconds and audio bytes of a split: the kept shards' and this export's."""
         w, kept = self.splits[split], self.plans[split].kept
         return {"rows": w.rows + sum(e.get("rows", 0) for e in kept),
                 "seconds": w.seconds + sum(e.get("seconds", 0.0) for e in kept),

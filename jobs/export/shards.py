@@ -17,8 +17,10 @@ class ShardSeries:
     gets a shard of its own). Each committed shard leaves an entry for the dataset's record (shard_plan.py):
     its key, number, the conversations in it and the writer's counts."""
 
-    def __init__(self, dest: Storage, scratch: str, key_of: Callable[[int], str], max_bytes: int, first: int = 0):
+    def __init__(self, dest: Storage, scratch: str, key_of: Callable[[int], str], max_bytes: int, first: int = 0,
+                 guard: Callable[[], None] | None = None):
         self.dest, self.scratch, self.key_of, self.max_bytes = dest, scratch, key_of, max_bytes
+        self.guard = guard  # raises when this export may no longer write (command.py _datasets_lock)
         self.keys: list[str] = []
         self.entries: list[dict] = []
         self.next = first
@@ -55,6 +57,8 @@ class ShardSeries:
             return
         key = self.key_of(self.next)
         try:
+            if self.guard is not None:
+                self.guard()
             self.dest.upload_file(key, self.path)
         finally:
             os.unlink(self.path)

@@ -36,9 +36,9 @@ def _member_bytes(size: int) -> int:
 
 
 class TarShards:
-    def __init__(self, dest: Storage, scratch: str, max_bytes: int, plan: ShardPlan | None = None):
+    def __init__(self, dest: Storage, scratch: str, max_bytes: int, plan: ShardPlan | None = None, guard=None):
         self.plan = plan or ShardPlan()
-        self.series = ShardSeries(dest, scratch, shard_key, max_bytes, self.plan.first)
+        self.series = ShardSeries(dest, scratch, shard_key, max_bytes, self.plan.first, guard)
         self.tar: tarfile.TarFile | None = None
         self.samples = sum(int(e.get("samples", 0)) for e in self.plan.kept)
 

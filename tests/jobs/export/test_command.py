@@ -115,6 +115,38 @@ def test_two_exports_do_not_write_one_dests_datasets_at_once(tmp_path, monkeypat
     assert "4 samples of 3 conversations" in summary.datasets["webdataset"]
 
 
+def test_an_export_that_lost_its_lease_stops_before_its_next_write(tmp_path, monkeypatch):
+    """Paused past the lease's ttl, an export finds another one holds the datasets: it stops at its next write
+    (here the record, after its shard), and the dataset stays as the other export leaves it."""
+    from jobs.export.options import ExportRequestError
+    from jobs.storage.run_lock import Lease, RunLock
+
+    storage, _ = local_job(tmp_path, JOB, failed={"broke"})
+    real, calls = RunLock.renew, []
+
+    def taken_over_after_the_shard(self):
+        calls.append(1)
+        if len(calls) == 2:  # the shard's upload passed; the record's check finds a newer lease
+            self.lost_to = Lease(99, "other", "host", 1, 0.0)
+            return
+        real(self)
+
+    monkeypatch.setattr(RunLock, "renew", taken_over_after_the_shard)
+    with pytest.raises(ExportRequestError, match="lost the datasets"):
+        export(storage, kinds=("webdataset",))
+    assert not (tmp_path / "out/exports/webdataset/_export.json").exists()
+
+
+def test_the_dataset_card_follows_the_record_and_is_mended_when_it_does_not(tmp_path):
+    storage, _ = local_job(tmp_path, JOB, failed={"broke"})
+    export(storage, kinds=("hf",))
+    card = tmp_path / "out/exports/hf/README.md"
+    good = card.read_text()
+    card.write_text(good.replace("license: apache-2.0", "license: cc-by-4.0"))  # a killed build's card
+    summary, _ = export(storage, kinds=("hf",))
+    assert summary.datasets["hf"] == "already up to date" and card.read_text() == good
+
+
 def test_export_never_changes_what_the_job_wrote(tmp_path):
     storage, _ = local_job(tmp_path, JOB, failed={"broke"})
     job = {k: v for k, v in snapshot(tmp_path / "out").items()}
