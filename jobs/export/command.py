@@ -24,7 +24,7 @@ from jobs.export import per_conversation
 from jobs.export.destination import open_dest
 from jobs.export import hf_dataset, webdataset_shards
 from jobs.export.hf_dataset import SPLITS, HfDataset, dataset_card, license_for, split_of
-from jobs.export.options import PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
+from jobs.export.options import KINDS, PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
 from jobs.export.reader import ExportError, JobView, iter_conversations
 from jobs.export.shard_plan import plan_shards, recorded_keys, short, usable_entries
 from jobs.export.shards import remove_stale
@@ -97,7 +97,7 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
         given = given_turns(list(opts.manifests))
     dataset_kinds = [k for k in opts.kinds if k in DATASET_SETTINGS]
     with tempfile.TemporaryDirectory(prefix="csm-render-export-") as scratch:
-        digests = {k: _dataset_digest(k, opts) for k in dataset_kinds}
+        digests = {k: _dataset_digest(k, opts, view) for k in dataset_kinds}
         sources: dict[str, str] = {}  # conversation -> short metadata hash, for the datasets' shard plans
         for item in iter_conversations(view, scan.complete, given):
             if isinstance(item, ExportError):
@@ -181,7 +181,7 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
     hf, tars = _dataset_writers(view, dest, opts, kinds, sources, scratch, max_bytes, guard)
     writers = [w for w in (hf, tars) if w]
     todo = sorted(cid for cid in sources if any(w.wants(cid) for w in writers))
-    digests = {k: _dataset_digest(k, opts) for k in kinds}
+    digests = {k: _dataset_digest(k, opts, view) for k in kinds}
     seen = set()
     try:
         for conv in iter_conversations(view, todo):
@@ -212,7 +212,7 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
             conversations += 1
             for digest in digests.values():
                 digest.update(f"{cid}\0{source}\n".encode())
-    settings = {k: opts.settings_hash(*DATASET_SETTINGS[k]) for k in kinds}
+    settings = {k: _dataset_settings(k, opts, view) for k in kinds}
     if hf:
         splits = hf.finish()
         guard()
@@ -237,14 +237,14 @@ def _dataset_writers(view: JobView, dest: Storage, opts: ExportOptions, kinds: l
     """Each kind's writer, with the plan its record allows (nothing kept when the settings changed)."""
     hf = tars = None
     if "hf" in kinds:
-        record, settings = _read_record(dest, "hf"), opts.settings_hash(*DATASET_SETTINGS["hf"])
+        record, settings = _read_record(dest, "hf"), _dataset_settings("hf", opts, view)
         by_split = {s: {c: src for c, src in sources.items() if split_of(c, opts.validation_fraction) == s}
                     for s in SPLITS}
         plans = {s: plan_shards(usable_entries(record, settings, ("splits", s)), by_split[s], _shard_files(dest, "hf", s))
                  for s in SPLITS}
         hf = HfDataset(dest, scratch, max_bytes, opts.validation_fraction, view.storage.url, plans, guard)
     if "webdataset" in kinds:
-        record, settings = _read_record(dest, "webdataset"), opts.settings_hash(*DATASET_SETTINGS["webdataset"])
+        record, settings = _read_record(dest, "webdataset"), _dataset_settings("webdataset", opts, view)
         tars = TarShards(dest, scratch, max_bytes,
                          plan_shards(usable_entries(record, settings), sources, _shard_files(dest, "webdataset")), guard)
     return hf, tars
@@ -303,25 +303,35 @@ def _reuse(kept: int) -> str:
 
 
 def remove_old_temps(dest: Storage) -> None:
-    """Temporary files a killed export left in a local DEST. Only old ones: exports take no lease (they only read
-    the job), so another export, or run --export, may be writing its own right now. (On S3 an unfinished upload
-    is invisible; a bucket lifecycle rule that aborts incomplete multipart uploads clears them.)"""
+    """Temporary files a killed export left in a local DEST's export folders (only those: a DEST may be a folder
+    above OUT, whose own files are the job's). Only old ones: another export, or run --export, may be writing its
+    own right now. (On S3 an unfinished upload is invisible; a bucket lifecycle rule that aborts incomplete
+    multipart uploads clears them.)"""
     if not isinstance(dest, LocalStorage):
         return
     cutoff = time.time() - TEMP_MAX_AGE_S
-    for folder, _, names in os.walk(dest.url):
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                if name.startswith(TMP_PREFIX) and os.stat(path).st_mtime < cutoff:
-                    os.unlink(path)
-            except FileNotFoundError:
-                continue
+    for kind in KINDS:
+        for folder, _, names in os.walk(os.path.join(dest.url, kind)):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    if name.startswith(TMP_PREFIX) and os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    continue
 
 
-def _dataset_digest(kind: str, opts: ExportOptions):
-    digest = hashlib.sha256(opts.settings_hash(*DATASET_SETTINGS[kind]).encode())
-    return digest
+def _dataset_settings(kind: str, opts: ExportOptions, view: JobView) -> str:
+    """What a dataset's shards depend on besides its conversations: its options, and for hf OUT's URL (each row's
+    codes_path points into OUT), so an OUT reached another way rebuilds rather than mixing paths."""
+    settings = opts.settings_hash(*DATASET_SETTINGS[kind])
+    if kind == "hf":
+        settings = hashlib.sha256(f"{settings}\0{view.storage.url}".encode()).hexdigest()[:16]
+    return settings
+
+
+def _dataset_digest(kind: str, opts: ExportOptions, view: JobView):
+    return hashlib.sha256(_dataset_settings(kind, opts, view).encode())
 
 
 def _record_key(kind: str) -> str:

@@ -147,6 +147,24 @@ def test_the_dataset_card_follows_the_record_and_is_mended_when_it_does_not(tmp_
     assert summary.datasets["hf"] == "already up to date" and card.read_text() == good
 
 
+def test_hf_rows_point_into_out_so_an_out_reached_another_way_rebuilds_hf(tmp_path):
+    from jobs.storage import LocalStorage
+
+    import shutil
+
+    storage, _ = local_job(tmp_path, JOB, failed={"broke"})
+    dest = str(tmp_path / "deliver")
+    export(storage, kinds=("hf", "webdataset"), dest=dest)
+
+    shutil.copytree(tmp_path / "out", tmp_path / "moved")  # the job's folder moved: the same conversations
+    summary, _ = export(LocalStorage(tmp_path / "moved"), kinds=("hf", "webdataset"), dest=dest)
+    assert summary.datasets["hf"].startswith("4 turns of 3 conversations") and "kept" not in summary.datasets["hf"]
+    assert summary.datasets["webdataset"] == "already up to date"  # its samples carry no path into OUT
+    paths = {p for f in (tmp_path / "deliver/hf/data").glob("*.parquet")
+             for p in pq.read_table(f, columns=["codes_path"]).column(0).to_pylist()}
+    assert paths and all(p.startswith(str(tmp_path / "moved") + "/") for p in paths)
+
+
 def test_export_never_changes_what_the_job_wrote(tmp_path):
     storage, _ = local_job(tmp_path, JOB, failed={"broke"})
     job = {k: v for k, v in snapshot(tmp_path / "out").items()}

@@ -126,6 +126,20 @@ def test_an_old_temporary_file_of_a_killed_export_is_removed_a_fresh_one_kept(tm
     assert not old.exists() and fresh.exists()
 
 
+def test_old_temporary_files_are_removed_only_in_the_export_folders_of_a_dest_above_out(tmp_path):
+    import os
+    import time
+
+    storage, _ = local_job(tmp_path, {"a": [(1, None)]})
+    job_temp, export_temp = tmp_path / "out/audio/.tmp-x-old", tmp_path / "conversations/.tmp-a.wav-dead"
+    export_temp.parent.mkdir()
+    for path in (job_temp, export_temp):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    export(storage, kinds=("conversations",), dest=str(tmp_path))  # DEST holds OUT
+    assert job_temp.exists() and not export_temp.exists()
+
+
 def samples_in(folder):
     return sorted(s["__key__"] for s in wds.WebDataset(sorted(map(str, folder.glob("shard-*.tar"))),
                                                         shardshuffle=False))
