@@ -262,8 +262,9 @@ class Engine:
     def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
         self._flush_prefills()
         self._compact()
-        hi = 1 + max(r for r in range(self.batch_size) if self.turns[r] is not None)
-        codes_np = self._static_codes(hi) if self.static else torch.cat(self.split.run(self._decode_rows, hi))
+        active = self._active_rows()
+        hi = 1 + active[-1]
+        codes_np = self._static_codes(active) if self.static else torch.cat(self.split.run(self._decode_rows, hi))
         # The step's one host sync: EOS and frames are decided here. A copy: the static step's codes are a buffer
         # the next step overwrites, and on CPU .cpu() would hand the buffer itself to the turn's frames.
         codes_np = codes_np[:hi].to("cpu", copy=True).numpy()
@@ -290,20 +291,22 @@ class Engine:
         for r in ended_rows:
             yield from self._advance(r)
 
-    def _static_codes(self, hi: int) -> torch.Tensor:
-        """The fixed-shape step over the slots below hi's row bucket; its buckets come from Python-side state,
-        so no sync."""
-        active = [r for r in range(self.batch_size) if self.turns[r] is not None]
+    def _active_rows(self) -> list[int]:
+        return [r for r in range(self.batch_size) if self.turns[r] is not None]
+
+    def _static_codes(self, active: list[int]) -> torch.Tensor:
+        """The fixed-shape step over the slots below the highest active row's bucket; its buckets come from
+        Python-side state, so no sync."""
         t_len = 1 + max(self.pos[r] for r in active)
         max_top_k = max(effective(*self._sampling[r][:2])[1] for r in active)
-        return self.static.run(t_len, max_top_k, hi)
+        return self.static.run(t_len, max_top_k, active[-1] + 1)
 
     def _compact(self) -> None:
         """Move conversations from the highest rows into free lower ones when that lets a step run fewer rows
         (a smaller row_bucket): a step computes every row up to the highest active one, so at a job's tail,
         with the last conversations scattered over B slots, it would pay for all B. A conversation's codes do
         not depend on its row (its noise is keyed by its seed and frame, its cache rows are copied whole)."""
-        active = [r for r in range(self.batch_size) if self.turns[r] is not None]
+        active = self._active_rows()
         target = row_bucket(len(active), self.batch_size)
         if row_bucket(active[-1] + 1, self.batch_size) <= target:
             return

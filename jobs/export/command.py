@@ -106,8 +106,7 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
             if export_one(view, dest, item, opts, scratch, summary):
                 summary.complete += 1
                 sources[item.conversation_id] = short(item.source)
-                for digest in digests.values():
-                    digest.update(f"{item.conversation_id}\0{short(item.source)}\n".encode())
+                _hash_conversation(digests, item.conversation_id, sources[item.conversation_id])
         if dataset_kinds:
             with _datasets_lock(dest) as guard:
                 stale = [k for k in dataset_kinds
@@ -210,8 +209,7 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
     for cid, source in sources.items():  # hashed as pass 1 hashes them
         if cid not in summary.errors:
             conversations += 1
-            for digest in digests.values():
-                digest.update(f"{cid}\0{source}\n".encode())
+            _hash_conversation(digests, cid, source)
     settings = {k: _dataset_settings(k, opts, view) for k in kinds}
     if hf:
         splits = hf.finish()
@@ -278,24 +276,30 @@ def _write_card(view: JobView, dest: Storage, opts: ExportOptions) -> None:
 def _missing_shards(dest: Storage, kind: str) -> bool:
     """Whether a shard the record names is not there (removed by hand, or by another export's clean-up): the
     dataset is then written again, whatever its hash says."""
-    record = _read_record(dest, kind)
-    paths = [("splits", s) for s in SPLITS] if kind == "hf" else [()]
-    recorded = {key for path in paths for key in (recorded_keys(record, path) or [])}
-    present = {k for s in SPLITS for k in _shard_files(dest, "hf", s)} if kind == "hf" else set(_shard_files(dest, kind))
-    return not recorded <= present
+    return not set(_recorded(dest, kind) or []) <= set(_present(dest, kind))
 
 
 def _remove_unrecorded(dest: Storage, kind: str) -> None:
     """Remove the dataset's shard files its record does not name: shards written again elsewhere, and those of
     a killed export. Nothing without a record in this format (what it names is not known)."""
-    record = _read_record(dest, kind)
-    paths = [("splits", s) for s in SPLITS] if kind == "hf" else [()]
-    keys = [recorded_keys(record, path) for path in paths]
-    if any(k is None for k in keys):
+    keys = _recorded(dest, kind)
+    if keys is None:
         return
     module = hf_dataset if kind == "hf" else webdataset_shards
     prefix = f"{hf_dataset.PREFIX}data/" if kind == "hf" else webdataset_shards.PREFIX
-    remove_stale(dest, prefix, [key for ks in keys for key in ks], module.is_shard)
+    remove_stale(dest, prefix, keys, module.is_shard)
+
+
+def _recorded(dest: Storage, kind: str) -> list[str] | None:
+    """Every shard key the dataset's record names (all hf splits); None without a record in this format."""
+    record = _read_record(dest, kind)
+    keys = [recorded_keys(record, path) for path in ([("splits", s) for s in SPLITS] if kind == "hf" else [()])]
+    return None if any(k is None for k in keys) else [key for ks in keys for key in ks]
+
+
+def _present(dest: Storage, kind: str) -> list[str]:
+    """Every shard file of the dataset in DEST (all hf splits)."""
+    return [k for s in SPLITS for k in _shard_files(dest, "hf", s)] if kind == "hf" else _shard_files(dest, kind)
 
 
 def _reuse(kept: int) -> str:
@@ -328,6 +332,12 @@ def _dataset_settings(kind: str, opts: ExportOptions, view: JobView) -> str:
     if kind == "hf":
         settings = hashlib.sha256(f"{settings}\0{view.storage.url}".encode()).hexdigest()[:16]
     return settings
+
+
+def _hash_conversation(digests: dict, conversation_id: str, source: str) -> None:
+    """A dataset's hash covers each conversation in it with its short metadata hash, in plan order."""
+    for digest in digests.values():
+        digest.update(f"{conversation_id}\0{source}\n".encode())
 
 
 def _dataset_digest(kind: str, opts: ExportOptions, view: JobView):

@@ -96,9 +96,8 @@ class SplitWriter:
             self.writer = None
             self.series.commit()
 
-    def finish(self) -> list[str]:
+    def finish(self) -> None:
         self._close_shard()
-        return self.series.keys
 
     def abort(self) -> None:
         if self.writer is not None:

@@ -62,13 +62,8 @@ def shard_number(key: str) -> int | None:
 def recorded_keys(record: dict | None, path: tuple[str, ...] = ()) -> list[str] | None:
     """Every shard key the record lists at `path` (each split for hf), whatever its settings; None when it
     lists none in this format."""
-    node = record or {}
-    for step in path:
-        node = node.get(step) or {}
-    entries = node.get("shards")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "key" in e for e in entries):
-        return None
-    return [e["key"] for e in entries]
+    entries = _entries_at(record, path, "key")
+    return None if entries is None else [e["key"] for e in entries]
 
 
 def usable_entries(record: dict | None, settings: str, path: tuple[str, ...] = ()) -> list[dict] | None:
@@ -76,10 +71,15 @@ def usable_entries(record: dict | None, settings: str, path: tuple[str, ...] = (
     and in this format; None otherwise (an older export's record, or other settings: rebuild whole)."""
     if not record or record.get("settings") != settings:
         return None
-    node = record
+    return _entries_at(record, path, "conversations")
+
+
+def _entries_at(record: dict | None, path: tuple[str, ...], field_name: str) -> list[dict] | None:
+    """The record's shard entries at `path`, if each is a dict with `field_name`; None otherwise."""
+    node = record or {}
     for step in path:
         node = node.get(step) or {}
     entries = node.get("shards")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "conversations" in e for e in entries):
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and field_name in e for e in entries):
         return None
     return entries

@@ -21,7 +21,6 @@ class ShardSeries:
                  guard: Callable[[], None] | None = None):
         self.dest, self.scratch, self.key_of, self.max_bytes = dest, scratch, key_of, max_bytes
         self.guard = guard  # raises when this export may no longer write (command.py _datasets_lock)
-        self.keys: list[str] = []
         self.entries: list[dict] = []
         self.next = first
         self.path: str | None = None
@@ -63,7 +62,6 @@ class ShardSeries:
         finally:
             os.unlink(self.path)
             self.path = None
-        self.keys.append(key)
         self.entries.append({"key": key, "number": self.next, **self.counts, "conversations": self.conversations})
         self.next += 1
         self.conversations, self.counts = [], {}
