@@ -13,6 +13,8 @@ import json
 import struct
 from pathlib import Path
 
+from .errors import BadCheckpoint
+
 # The small files: config, generation/preprocessor configs, index files, tokenizer, chat template.
 SMALL_PATTERNS = ["*.json", "*.jinja", "tokenizer*", "*.model"]
 SINGLE_FILE = "model.safetensors"
@@ -43,8 +45,6 @@ def weight_files(folder: Path) -> list[str]:
 
 
 def _shards(folder: Path, index_name: str) -> list[str]:
-    from .loading import BadCheckpoint
-
     index = folder / index_name
     if not index.exists():
         raise BadCheckpoint(f"{folder} names {index_name} as its weights' index but has no such file: "
@@ -61,8 +61,6 @@ def fetch_patterns(small_folder: Path) -> list[str]:
 def check_complete(folder: Path) -> list[str]:
     """The loaded weight files, after checking they are there and in the transformers layout; a folder
     holding only the original layout is refused with what to download instead."""
-    from .loading import BadCheckpoint
-
     original = [n for n in ("ckpt.pt", SINGLE_FILE) if (folder / n).is_file() and is_original_layout(folder / n)]
     converted = [f for f in folder.glob("*.safetensors") if f.name not in original]
     only_original = BadCheckpoint(

@@ -9,25 +9,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import checkpoint, presets
+from .errors import BadCheckpoint, ModelLoadError
+from .quiet import quiet_transformers
 
 DEFAULT_MODEL = "sesame/csm-1b"
 TOKENIZER_PATTERNS = ["*.json", "tokenizer*", "*.jinja"]  # enough to count text positions on the driver
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message says what to do."""
-
-
-class BadCheckpoint(ModelLoadError):
-    """The model's files are there but are not a whole CSM checkpoint in the transformers layout: retrying or
-    another worker cannot help, so a job stops at once (a download that failed is a plain ModelLoadError)."""
 
 
 @dataclass
@@ -138,23 +130,6 @@ def check_loading_info(folder: Path, files: list[str], info: dict) -> None:
     raise BadCheckpoint(f"the weights in {folder} ({', '.join(files)}) do not match a CSM model of its config.json:"
                          f" {said}. The copy may be incomplete or of another model; "
                          f"{checkpoint.HOW_TO_GET_TRANSFORMERS_FILES}")
-
-
-@contextmanager
-def quiet_transformers():
-    """Silence transformers' per-load progress bars and its warning about the llama3 RoPE block of CSM's config
-    (harmless, printed once per load); a job loads the model once per worker and the noise hides real output."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def default_device() -> str:

@@ -14,6 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import cache_root
+from .errors import ModelLoadError
+from .quiet import quiet_transformers
+
 PRESET_PREFIX = "random:"
 PRESET_FORMAT_VERSION = 2  # bump when a preset's architecture or tokenizer changes, so old caches are not reused
 
@@ -112,16 +116,8 @@ def get_preset(model: str) -> Preset:
     name = model[len(PRESET_PREFIX) :]
     if name not in PRESETS:
         known = ", ".join(PRESET_PREFIX + n for n in PRESETS)
-        from .loading import ModelLoadError
-
         raise ModelLoadError(f"unknown model preset {model!r}: choose one of {known}")
     return PRESETS[name]
-
-
-def cache_root() -> Path:
-    """Where presets are written; CSM_RENDER_CACHE overrides (tests point it at a temporary folder)."""
-    env = os.environ.get("CSM_RENDER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "csm-render"
 
 
 def preset_dir(model: str) -> Path:
@@ -203,8 +199,6 @@ def byte_level_tokenizer(first_special_id: int):
 def write_preset(preset: Preset, folder: Path) -> None:
     import torch
     from transformers import CsmForConditionalGeneration
-
-    from .loading import quiet_transformers
 
     # Seeded init on CPU so every machine builds the same weights for the same preset.
     with quiet_transformers(), torch.random.fork_rng(devices=[]):

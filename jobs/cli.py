@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import click
 
-from csm_worker.loading import DEFAULT_MODEL, ModelLoadError
+from csm_worker import DEFAULT_MODEL, ModelLoadError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 

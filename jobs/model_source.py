@@ -17,7 +17,7 @@ from pathlib import Path
 
 from csm_worker import checkpoint
 from csm_worker.loading import TOKENIZER_PATTERNS
-from csm_worker.presets import cache_root
+from csm_worker.cache import cache_root
 
 _COMPLETE = ".csm-render-complete"  # written last into a finished copy
 
@@ -50,7 +50,7 @@ def _download(uri: str, final: Path, endpoint_url: str | None, patterns: list[st
     storage = S3Storage(uri, endpoint_url=endpoint_url)
     keys = storage.list()
     if "config.json" not in keys:
-        from csm_worker.loading import ModelLoadError
+        from csm_worker.errors import ModelLoadError
 
         raise ModelLoadError(f"{uri} has no config.json: point --model at a prefix holding a model saved in the "
                              "hub format (config.json, *.safetensors, tokenizer files)")

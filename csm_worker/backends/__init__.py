@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from ..loading import ModelLoadError
+from ..errors import ModelLoadError
 from .cpu import CpuBackend
 from .portable import PortableBackend
 

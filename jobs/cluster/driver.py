@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import ray
 
-from csm_worker.loading import BadCheckpoint
+from csm_worker.errors import BadCheckpoint
 
 from jobs.export.live import live_exporter
 from jobs.storage.jobrecord import check_weights

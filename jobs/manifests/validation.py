@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from csm_worker.loading import ModelLoadError, text_encoder_for
+from csm_worker.errors import ModelLoadError
+from csm_worker.loading import text_encoder_for
 
 from jobs.manifests.manifest import ManifestError, validate_manifests
 from jobs.model_source import local_model

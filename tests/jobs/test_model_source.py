@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from csm_worker import load_csm_1b, presets
-from csm_worker.loading import ModelLoadError
+from csm_worker.errors import ModelLoadError
 from jobs.model_source import local_model
 
 
