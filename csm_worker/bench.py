@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .engine import Engine
+from .backends.linear import Linear, onednn_available
+from .engine.engine import Engine
+from .engine.requests import ConversationRequest, RenderedTurn, TurnRequest
 from .generator import Generator
-from .linear import Linear, onednn_available
-from .prompt import TextEncoder
-from .requests import ConversationRequest, RenderedTurn, TurnRequest
+from .model.prompt import TextEncoder
 
 FRAME_S = 0.08
 # Every figure is the best of this many interleaved rounds: on a shared machine a busy moment then falls on
@@ -141,7 +141,7 @@ def hf_frames_per_s(gen: Generator, batch_size: int, frames: int) -> float:
 def peak_flops_per_s(device, dtype, n: int | None = None, repeats: int = 4, trials: int = 5) -> float:
     """The device's own matmul throughput in `dtype` (best of `trials`): the ceiling `compute_efficiency` is
     measured against. On CPU it is the better of torch's default matmul and the oneDNN product the engine uses
-    (linear.py), so the engine's faster kernels do not inflate its efficiency. Default size: 2048 on CPU,
+    (backends/linear.py), so the engine's faster kernels do not inflate its efficiency. Default size: 2048 on CPU,
     8192 on GPUs (a 2048^3 product is over in ~20 us on an H100, too short to reach its peak)."""
     n = n or (8192 if str(device).startswith("cuda") else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -221,7 +221,7 @@ def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int 
 
 
 def fastest_batch_size(gen: Generator, frames: int, candidates=(8, 16, 32, 64)) -> int:
-    """GPU: the slots that fit in free memory (memory.py). CPU: the fastest of a short sweep."""
+    """GPU: the slots that fit in free memory (engine/memory.py). CPU: the fastest of a short sweep."""
     if str(gen.device).startswith("cuda"):
         return gen.max_batch_size()
     rates = {b: engine_frames_per_s(gen, b, min(frames, 12)) for b in candidates}

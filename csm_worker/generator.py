@@ -11,12 +11,13 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from . import backends, memory
-from .codec import Codec
-from .engine import Engine
-from .loading import DEFAULT_MODEL, LoadedModel, dtype_for, load_pretrained, resolve_device
-from .model import CsmModel
-from .requests import ConversationDone, ConversationRequest, RenderedTurn, Segment, TurnRequest
+from . import backends
+from .engine import memory
+from .engine.engine import Engine
+from .engine.requests import ConversationDone, ConversationRequest, RenderedTurn, Segment, TurnRequest
+from .model.codec import Codec
+from .model.loading import DEFAULT_MODEL, LoadedModel, dtype_for, load_pretrained, resolve_device
+from .model.model import CsmModel
 
 
 class RenderError(RuntimeError):
@@ -44,7 +45,7 @@ class Generator:
 
     def max_batch_size(self) -> int:
         """`--batch-size auto` on a GPU: the slots whose caches and step temporaries fit in free memory
-        (memory.py); what it chose and why is logged and kept in `self.slot_budget`."""
+        (engine/memory.py); what it chose and why is logged and kept in `self.slot_budget`."""
         self.slot_budget = memory.auto_slots(self.model)
         return self.slot_budget.slots
 

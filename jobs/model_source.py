@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from csm_worker import checkpoint
-from csm_worker.loading import TOKENIZER_PATTERNS
+from csm_worker.model import checkpoint
+from csm_worker.model.loading import TOKENIZER_PATTERNS
 from csm_worker.cache import cache_root
 
 _COMPLETE = ".csm-render-complete"  # written last into a finished copy

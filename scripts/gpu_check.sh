@@ -72,7 +72,7 @@ export CSM_RENDER_CACHE=${CSM_RENDER_CACHE:-$WORK/cache}  # presets are built he
 export PYTHONUNBUFFERED=1
 
 # The benchmark's preset (seeded random weights written to disk once, CPU work) builds while the tests use the GPU.
-$PY -c "from csm_worker.presets import preset_dir; preset_dir('random:csm-1b')" > "$WORK/preset.log" 2>&1 &
+$PY -c "from csm_worker.model.presets import preset_dir; preset_dir('random:csm-1b')" > "$WORK/preset.log" 2>&1 &
 PRESET_PID=$!
 
 say "parity tests on CUDA"

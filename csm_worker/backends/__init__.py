@@ -3,9 +3,11 @@
 A backend decides four things for the lean model: how a fixed-weight product runs (`linear`), whether a
 step function is compiled (`compile`), which top-k the sampler calls (`native_topk`) and over how many threads a
 decode step is split by rows (`decode_workers`). Everything else (the model, the engine, sampling) is the same
-code on every backend, which is why CPU tests of the portable backend cover what a GPU runs.
+code on every backend, which is why CPU tests of the portable backend cover what a GPU runs. linear.py, the
+fixed-weight product both build, sits here: its oneDNN branch is the cpu backend's, its F.linear one the portable's.
 
-- `cpu` (cpu.py): oneDNN prepacked products, TorchScript, the C top-k, row-split threads. CPU only.
+- `cpu` (cpu/, with its kernels: row_split.py, native_topk.py, topk.py): oneDNN prepacked products,
+  TorchScript, the C top-k, row-split threads. CPU only.
 - `portable` (portable.py): plain PyTorch ops only (F.linear, torch.topk, eager functions, one thread of
   control). What CUDA runs; forcible on CPU to test it.
 

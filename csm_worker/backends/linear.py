@@ -52,7 +52,8 @@ class Linear:
         return product_add(residual, x, self.operand, self.onednn)
 
 
-# The two functions below are TorchScript-compatible: the scripted stacks (transformer.py, depth.py) call them.
+# The two functions below are TorchScript-compatible: the scripted stacks (model/transformer.py, model/depth.py)
+# call them.
 
 def product(x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
     """x @ W.T, where w is W oneDNN-packed (onednn) or W itself."""

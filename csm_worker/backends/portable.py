@@ -1,8 +1,8 @@
 """The portable backend: plain PyTorch ops only, so the same code runs on CUDA (and is tested on CPU).
 
 Products are F.linear, functions run eagerly (CUDA graphs, not TorchScript, remove their launch overhead on a
-GPU: see static_step.py and cuda_graphs.py), the sampler calls torch.topk, and a decode step is one call over
-all rows on the caller's thread.
+GPU: see engine/static_step.py and engine/cuda_graphs.py), the sampler calls torch.topk, and a decode step is one
+call over all rows on the caller's thread.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..linear import Linear
+from .linear import Linear
 
 
 class PortableBackend:

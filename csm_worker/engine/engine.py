@@ -20,16 +20,15 @@ from itertools import takewhile
 import numpy as np
 import torch
 
-from .codec import Codec
-from .model import CsmModel
+from ..backends.cpu.row_split import RowSplit
+from ..model.codec import Codec
+from ..model.model import CsmModel
+from ..model.prompt import Span, TextEncoder, embed_spans, span_for
+from ..model.sampling import SamplingParams, effective
 from .prefix_cache import DEFAULT_BYTES as DEFAULT_PREFIX_BYTES
 from .prefix_cache import PrefixCache, chain_key
-from .prompt import Span, TextEncoder, embed_spans, span_for
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
-from .row_split import RowSplit
-from .sampling import SamplingParams, effective
 from .static_step import StaticStep, row_bucket
-
 
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
 # prefilled again once per ~WINDOW_SLACK positions of new dialogue, not on every turn.
@@ -77,7 +76,7 @@ class Engine:
     def __init__(self, model: CsmModel, codec: Codec, tokenizer, batch_size: int = 8, decode_audio: bool = True,
                  workers: int | None = None, static: bool | None = None, graphs: bool | None = None,
                  prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES):
-        """`workers`: CPU threads a decode step is split over by rows (row_split.py); default: the model's
+        """`workers`: CPU threads a decode step is split over by rows (backends/cpu/row_split.py); default: the model's
         backend says (the cpu backend: torch's intra-op thread count; portable: none, inline).
         `static`: decode with the fixed-shape step (static_step.py); default: on CUDA. `graphs`: replay that
         step as CUDA graphs (cuda_graphs.py; implies static); default: on CUDA. Without CUDA, or when capture

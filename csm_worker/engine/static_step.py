@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .sampling import SamplingParams, effective
+from ..model.sampling import SamplingParams, effective
 
 BUCKET = 256  # attention length granularity: at most 255 masked positions of extra work, 8 buckets for 2048
 

@@ -13,7 +13,7 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import BadCheckpoint
+from ..errors import BadCheckpoint
 
 # The small files: config, generation/preprocessor configs, index files, tokenizer, chat template.
 SMALL_PATTERNS = ["*.json", "*.jinja", "tokenizer*", "*.model"]

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .audio import content_hash
+from ..audio import content_hash
 
 SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 frames per second
 

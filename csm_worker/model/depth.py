@@ -1,9 +1,9 @@
 """The depth decoder's codebooks 1..31 of a frame as one function, compiled with TorchScript on the cpu backend.
 
 Why TorchScript: the 30 shared-position steps and 31 draws are ~2,500 small ops a frame. From Python each op
-holds the GIL while it is dispatched, and when row_split.py runs two blocks of rows at once the threads queue for
-it: two workers ran a batch-64 frame in 61-67 ms against 72-80 on one. Run as TorchScript, the loop holds the GIL
-only inside the sampler's top-k (a Python op) and two workers took 48-51 ms. Codes are the same either way
+holds the GIL while it is dispatched, and when backends/cpu/row_split.py runs two blocks of rows at once the threads
+queue for it: two workers ran a batch-64 frame in 61-67 ms against 72-80 on one. Run as TorchScript, the loop holds
+the GIL only inside the sampler's top-k (a Python op) and two workers took 48-51 ms. Codes are the same either way
 (tests); where scripting fails, and on the portable backend (CUDA graphs capture it there), it runs eagerly.
 
 Shapes: B rows, H query heads, K kv heads (G = H // K queries each), D head dim, T = 33 cache positions.
@@ -16,8 +16,8 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from ..backends.linear import product, product_add
 from .sampling import draw
-from .linear import product, product_add
 from .transformer import StackWeights, rms, rotate
 
 
@@ -28,7 +28,7 @@ class DepthWeights(NamedTuple):
     dd_in: torch.Tensor  # [32 * vocab, dd_dim]: embed a code, then project it
     heads: List[torch.Tensor]  # 31 x [vocab, dd_dim], packed like the stack's products
     vocab: int
-    native_topk: bool  # the sampler's top-k: the CPU backend's op (topk.py), else torch.topk
+    native_topk: bool  # the sampler's top-k: the CPU backend's op (backends/cpu/topk.py), else torch.topk
 
 
 def step_at(x: torch.Tensor, p: int, k_cache: torch.Tensor, v_cache: torch.Tensor, lo: int, hi: int,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import BadCheckpoint, ModelLoadError
 from . import checkpoint, presets
-from .errors import BadCheckpoint, ModelLoadError
 from .quiet import quiet_transformers
 
 DEFAULT_MODEL = "sesame/csm-1b"
@@ -60,8 +60,8 @@ def _commit_of(snapshot: Path) -> str | None:
 
 
 def hub_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
-    from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hub_errors
+    from huggingface_hub import snapshot_download
 
     fix = (
         f"accept the model's terms at https://huggingface.co/{repo_id}, then set HF_TOKEN (or run `hf auth login`);"

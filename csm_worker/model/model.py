@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backends, depth
+from .. import backends
+from . import depth
 from .sampling import SamplingParams, sample
 from .transformer import Transformer
 

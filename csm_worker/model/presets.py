@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import cache_root
-from .errors import ModelLoadError
+from ..cache import cache_root
+from ..errors import ModelLoadError
 from .quiet import quiet_transformers
 
 PRESET_PREFIX = "random:"

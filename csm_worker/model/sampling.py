@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import topk  # noqa: F401  (registers torch.ops.csm_render.top_k)
+from ..backends.cpu import topk  # noqa: F401  (registers torch.ops.csm_render.top_k)
 
 _M32 = 0xFFFFFFFF
 _MUL = 0x45D9F3B  # a well-mixing 32-bit multiplier (< 2**31, so products stay inside int64)
@@ -95,7 +95,7 @@ def draw(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, k
          noise: torch.Tensor, native_topk: bool = True) -> torch.Tensor:
     """sample()'s draw for rows that are not all greedy, on tensors and numbers only, so that the scripted depth
     decoder (depth.py) runs it too. k = max(top_k), at most V. `native_topk`: the CPU backend's top-k op
-    (topk.py), else plain torch.topk (the portable backend: what a CUDA graph captures)."""
+    (backends/cpu/topk.py), else plain torch.topk (the portable backend: what a CUDA graph captures)."""
     # Dividing by a positive temperature keeps the order, so only the k kept values need it.
     if native_topk:
         values, indices = torch.ops.csm_render.top_k(logits.float(), k)  # [B, k], sorted descending

@@ -15,7 +15,7 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .linear import Linear, product, product_add
+from ..backends.linear import Linear, product, product_add
 
 NUM_CODEBOOKS = 32
 
@@ -33,7 +33,7 @@ class LayerWeights:
 class StackWeights(NamedTuple):
     """A stack's weights as tensors and numbers, for the TorchScript-compatible functions below."""
 
-    onednn: bool  # products go through oneDNN with packed weights (linear.py), else F.linear
+    onednn: bool  # products go through oneDNN with packed weights (backends/linear.py), else F.linear
     norm1: List[torch.Tensor]
     wqkv: List[torch.Tensor]
     wo: List[torch.Tensor]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from csm_worker.errors import ModelLoadError
-from csm_worker.loading import text_encoder_for
+from csm_worker.model.loading import text_encoder_for
 
 from jobs.manifests.manifest import ManifestError, validate_manifests
 from jobs.model_source import local_model

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from csm_worker.audio import audio_extension, audio_sha256, encode_audio
-from csm_worker.requests import RenderedTurn
+from csm_worker.engine.requests import RenderedTurn
 
 from jobs.storage import layout
 from jobs.storage import ObjectExists, Storage

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from csm_worker import ConversationDone, Generator, RenderedTurn, load_csm_1b
-from csm_worker.engine import Engine
-from csm_worker.prompt import TextEncoder
+from csm_worker.engine.engine import Engine
+from csm_worker.model.prompt import TextEncoder
 
 SAMPLES_PER_FRAME = 1920
 

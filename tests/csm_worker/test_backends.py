@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from csm_worker import ModelLoadError, backends, load_csm_1b
-from csm_worker.engine import Engine
+from csm_worker.engine.engine import Engine
 
 
 def test_auto_picks_cpu_on_cpu_and_portable_elsewhere(monkeypatch):
@@ -54,7 +54,7 @@ def test_each_part_of_the_model_follows_its_backend(gen, bgen):
 def test_the_portable_backend_never_calls_the_cpu_top_k(bgen, mixed, collect, monkeypatch):
     """torch.ops.csm_render.top_k is the cpu backend's; a CUDA graph of the portable path must not need it."""
     calls = []
-    from csm_worker import topk
+    from csm_worker.backends.cpu import topk
 
     real = topk.top_k
     monkeypatch.setattr(topk, "top_k", lambda x, k: calls.append(k) or real(x, k))

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from csm_worker import ConversationRequest, Generator, TurnRequest
-from csm_worker.engine import Engine
-from csm_worker.prompt import TextEncoder
+from csm_worker.engine.engine import Engine
+from csm_worker.model.prompt import TextEncoder
 
 MAX_DIFF_OF_STD = 0.06
 ARGMAX_AGREEMENT = 0.95

@@ -1,14 +1,14 @@
-"""The depth decoder's loop (`csm_worker.depth`): scripted and eager runs give the same codes and caches."""
+"""The depth decoder's loop (`csm_worker.model.depth`): scripted and eager runs give the same codes and caches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from csm_worker import depth, transformer
+from csm_worker.model import depth, transformer
 from csm_worker.backends import cpu
 from csm_worker.backends.portable import PortableBackend
-from csm_worker.sampling import SamplingParams
+from csm_worker.model.sampling import SamplingParams
 
 
 def frame(model, codebooks, params, rows=5, seed=0):

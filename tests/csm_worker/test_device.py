@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from csm_worker import Generator, load_csm_1b
-from csm_worker.engine import Engine
+from csm_worker.engine.engine import Engine
 
 from .conftest import collect, hf_greedy_on, sampled_mix_conversations
 from .test_bf16 import ARGMAX_AGREEMENT, MAX_DIFF_OF_STD, teacher_forced_logits
@@ -84,7 +84,7 @@ def test_sampled_codes_equal_the_dynamic_step_on_the_device(dgen, mode):
 def test_bf16_on_the_device_stays_close_to_float32_on_the_cpu(gen, device):
     bf16 = Generator(gen.loaded, device, torch.bfloat16)  # the GPU's default: portable backend, bf16
     assert bf16.model.backend.name == "portable"
-    from csm_worker.prompt import TextEncoder
+    from csm_worker.model.prompt import TextEncoder
 
     tokens = torch.tensor(TextEncoder(gen.loaded.tokenizer).encode(0, "Teacher forcing of a whole turn."))
     codes = torch.randint(0, 2048, (40, 32), generator=torch.Generator().manual_seed(0))

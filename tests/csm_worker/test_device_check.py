@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from csm_worker import device_check, memory
+from csm_worker import device_check
+from csm_worker.engine import memory
 
 
 def fake_cuda(monkeypatch, gen, auto: int):

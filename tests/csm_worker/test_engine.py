@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from csm_worker import ConversationRequest, Generator, TurnRequest
-from csm_worker.codec import Codec
-from csm_worker.engine import WINDOW_SLACK, Engine
-from csm_worker.prompt import TextEncoder
+from csm_worker.model.codec import Codec
+from csm_worker.engine.engine import WINDOW_SLACK, Engine
+from csm_worker.model.prompt import TextEncoder
 
 WINDOW = 2048
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from csm_worker import ModelLoadError, load_csm_1b, load_pretrained, presets
-from csm_worker import loading
-from csm_worker.checkpoint import weight_files
+from csm_worker import ModelLoadError, load_csm_1b, load_pretrained
+from csm_worker.model import loading, presets
+from csm_worker.model.checkpoint import weight_files
 from tests.hub_layout import INDEX, ORIGINAL_FILES, SHARDS, write_hub_layout
 
 from .test_presets import assert_same_weights

@@ -1,4 +1,4 @@
-"""`csm_worker.linear.Linear`: products with a fixed weight, through oneDNN on CPU (prepacked) or F.linear."""
+"""`csm_worker.backends.linear.Linear`: products with a fixed weight, through oneDNN on CPU (prepacked) or F.linear."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csm_worker.linear import Linear, onednn_available
+from csm_worker.backends.linear import Linear, onednn_available
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

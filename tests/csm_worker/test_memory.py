@@ -1,4 +1,4 @@
-"""`--batch-size auto` (`csm_worker.memory`): slots from free memory, per-slot caches and step temporaries."""
+"""`--batch-size auto` (`csm_worker.engine.memory`): slots from free memory, per-slot caches and step temporaries."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from csm_worker import memory
-from csm_worker.memory import GIB, MAX_SLOTS, plan_slots
+from csm_worker.engine import memory
+from csm_worker.engine.memory import GIB, MAX_SLOTS, plan_slots
 
 
 def test_slots_are_what_fits_after_the_reserve():
@@ -37,7 +37,7 @@ def test_a_slots_costs_follow_the_model_and_its_dtype(gen, bgen):
 
 
 def test_auto_slots_reads_free_memory_and_logs_its_choice(gen, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="csm_worker.memory")
+    caplog.set_level(logging.INFO, logger="csm_worker.engine.memory")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (6 * GIB, 8 * GIB))
     budget = memory.auto_slots(gen.model)
     per = gen.model.cache_bytes_per_row() + memory.step_bytes_per_slot(gen.model)

@@ -1,4 +1,4 @@
-"""Shared voice-prompt prefixes (csm_worker/prefix_cache.py): computed once per engine and copied into new slots,
+"""Shared voice-prompt prefixes (csm_worker/engine/prefix_cache.py): computed once per engine and copied into new slots,
 with exactly the codes of an engine that prefills them in each slot, on both backends."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest
-from csm_worker.prefix_cache import PrefixCache
+from csm_worker.engine.prefix_cache import PrefixCache
 
 
 def cast_turns(noise_audio, cast: str) -> list[TurnRequest]:
@@ -43,7 +43,7 @@ def test_copied_prefixes_give_the_codes_of_prefixes_prefilled_in_the_slot(render
 
 
 def test_each_distinct_prefix_is_prefilled_once(bgen, noise_audio):
-    from csm_worker.engine import Engine
+    from csm_worker.engine.engine import Engine
 
     def run(**args):
         engine = Engine(bgen.model, bgen.codec, bgen.loaded.tokenizer, batch_size=3, decode_audio=False, **args)
@@ -63,7 +63,7 @@ def test_conversations_sharing_their_first_prompts_share_those(bgen, render, noi
     """A narrator's prompt, then one of two guests' (a cast whose conversations use different speakers): the
     narrator's span is prefilled once for all, each guest's once on top of it, and the codes are those of
     engines that prefill everything in each slot."""
-    from csm_worker.engine import Engine
+    from csm_worker.engine.engine import Engine
 
     narrator = TurnRequest(-2, 0, "The narrator speaks.", audio=noise_audio(3, seed=1))
     guests = {g: TurnRequest(-1, 1, f"Guest {g} here.", audio=noise_audio(2, seed=10 + g)) for g in (1, 2)}

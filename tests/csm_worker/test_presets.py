@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from csm_worker import ModelLoadError, load_pretrained, presets
-from csm_worker.loading import resolve_model_dir
-from csm_worker.presets import LLAMA3_SPECIALS, csm_config, get_preset, preset_dir
+from csm_worker import ModelLoadError, load_pretrained
+from csm_worker.model import presets
+from csm_worker.model.loading import resolve_model_dir
+from csm_worker.model.presets import LLAMA3_SPECIALS, csm_config, get_preset, preset_dir
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):

@@ -1,6 +1,6 @@
 """Prompt layout helpers: text positions counted one by one and in batches agree."""
 
-from csm_worker.prompt import TextEncoder
+from csm_worker.model.prompt import TextEncoder
 
 
 def test_batched_position_counts_equal_single_counts(gen):

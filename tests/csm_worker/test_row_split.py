@@ -1,4 +1,5 @@
-"""CPU decode steps split by rows over worker threads (`csm_worker.row_split`): same codes, own thread settings."""
+"""CPU decode steps split by rows over worker threads (`csm_worker.backends.cpu.row_split`): same codes, own thread
+settings."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker import ConversationRequest, TurnRequest, row_split
-from csm_worker.row_split import MIN_ROWS, RowSplit, _pool, blocks
+from csm_worker import ConversationRequest, TurnRequest
+from csm_worker.backends.cpu import row_split
+from csm_worker.backends.cpu.row_split import MIN_ROWS, RowSplit, _pool, blocks
 
 
 @pytest.mark.parametrize("rows,workers", [(1, 2), (7, 2), (16, 2), (17, 2), (64, 2), (64, 3), (64, 16), (9, 1)])
@@ -87,7 +89,7 @@ def test_split_decode_gives_the_same_codes_as_one_block(render_with):
 
 @pytest.fixture
 def render_with(gen, collect):
-    from csm_worker.engine import Engine
+    from csm_worker.engine.engine import Engine
 
     def run(conversations, batch_size, workers):
         engine = Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch_size, decode_audio=False,
@@ -121,7 +123,7 @@ def test_a_forked_child_starts_its_own_workers():
 
 
 def test_engines_for_the_same_work_share_what_was_learnt(gen):
-    from csm_worker.engine import Engine
+    from csm_worker.engine.engine import Engine
 
     make = lambda batch: Engine(gen.model, gen.codec, gen.loaded.tokenizer, batch_size=batch, workers=2)
     a, b, other = make(16), make(16), make(8)

@@ -1,4 +1,4 @@
-"""Counter-based top-k / temperature sampling (`csm_worker.sampling`). All of it is deterministic, so the
+"""Counter-based top-k / temperature sampling (`csm_worker.model.sampling`). All of it is deterministic, so the
 statistical checks below cannot flake: they either hold for these seeds or the sampler changed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker.sampling import SamplingParams, gumbel, sample, uniform
+from csm_worker.model.sampling import SamplingParams, gumbel, sample, uniform
 
 
 def params(rows, temperature=1.0, top_k=50, seed=0):

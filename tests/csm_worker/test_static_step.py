@@ -1,5 +1,5 @@
-"""The fixed-shape decode step (`csm_worker.static_step`) and its CUDA-graph runner, on CPU: the same codes as the
-dynamic step, buckets, buffers, and functions that read nothing from Python between steps."""
+"""The fixed-shape decode step (`csm_worker.engine.static_step`) and its CUDA-graph runner, on CPU: the same codes as
+the dynamic step, buckets, buffers, and functions that read nothing from Python between steps."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from csm_worker.cuda_graphs import WARMUP_RUNS, GraphRunner, preserved
-from csm_worker.engine import GRAPHS_ENV, Engine, step_mode
-from csm_worker.static_step import BUCKET, StaticStep, length_bucket, row_bucket, top_k_bucket
+from csm_worker.engine.cuda_graphs import WARMUP_RUNS, GraphRunner, preserved
+from csm_worker.engine.engine import GRAPHS_ENV, Engine, step_mode
+from csm_worker.engine.static_step import BUCKET, StaticStep, length_bucket, row_bucket, top_k_bucket
 
 from .conftest import sampled_mix_conversations
 
@@ -44,7 +44,7 @@ def test_static_step_gives_exactly_the_dynamic_steps_codes(render):
 
 
 def test_without_cuda_graphs_fall_back_to_the_same_step_with_a_log_line(render, caplog):
-    caplog.set_level(logging.INFO, logger="csm_worker.cuda_graphs")
+    caplog.set_level(logging.INFO, logger="csm_worker.engine.cuda_graphs")
     graphed = codes(render, graphs=True)
     assert "CUDA graphs off" in caplog.text
     for key, want in codes(render, static=True).items():

@@ -1,12 +1,13 @@
-"""The sampler's top-k (`csm_worker.topk`, `csm_worker.native_topk`): exact, like torch.topk, on every path."""
+"""The sampler's top-k (`csm_worker.backends.cpu.topk`, `csm_worker.backends.cpu.native_topk`): exact, like
+torch.topk, on every path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from csm_worker import native_topk, topk
-from csm_worker.sampling import SamplingParams, gumbel, sample
+from csm_worker.backends.cpu import native_topk, topk
+from csm_worker.model.sampling import SamplingParams, gumbel, sample
 
 
 @pytest.fixture(scope="module")

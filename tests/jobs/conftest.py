@@ -26,7 +26,7 @@ def csm_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("csm-render-cache")
     saved = {name: os.environ.get(name) for name in _ENV}
     os.environ.update({**_ENV, "CSM_RENDER_CACHE": str(path)})
-    from csm_worker import presets
+    from csm_worker.model import presets
 
     presets.preset_dir("random:tiny")
     yield path

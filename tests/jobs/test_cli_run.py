@@ -339,7 +339,7 @@ def test_changed_weights_under_the_same_model_are_refused_before_any_turn(tmp_pa
     import json
     import shutil
 
-    from csm_worker import presets
+    from csm_worker.model import presets
 
     model = tmp_path / "model"
     shutil.copytree(presets.preset_dir("random:tiny"), model)
@@ -364,7 +364,7 @@ def test_a_hub_layout_model_renders_and_a_broken_copy_stops_the_job_before_any_w
     naming the key, no conversation failed or committed, no retries over every worker."""
     from safetensors.torch import load_file, save_file
 
-    from csm_worker import presets
+    from csm_worker.model import presets
     from tests.hub_layout import SHARDS, write_hub_layout
 
     model = write_hub_layout(presets.preset_dir("random:tiny"), tmp_path / "sesame-csm-1b")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from csm_worker import load_csm_1b, presets
+from csm_worker import load_csm_1b
+from csm_worker.model import presets
 from csm_worker.errors import ModelLoadError
 from jobs.model_source import local_model
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from csm_worker.requests import RenderedTurn
+from csm_worker.engine.requests import RenderedTurn
 from jobs.storage import layout
 from jobs.storage.outputs import (METADATA_SCHEMA, OutputWriter, TurnSet, codes_from_bytes, codes_to_bytes,
                           committed_turns)

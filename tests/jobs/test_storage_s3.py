@@ -288,7 +288,7 @@ def test_commit_records_on_s3_are_create_only(bucket):
     the create-only tests above)."""
     import numpy as np
 
-    from csm_worker.requests import RenderedTurn
+    from csm_worker.engine.requests import RenderedTurn
     from jobs.storage.outputs import OutputWriter
     from jobs.storage import StorageError
 

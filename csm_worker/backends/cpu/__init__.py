@@ -1,6 +1,6 @@
 """The CPU backend: the speedups that only pay (or only exist) on a CPU.
 
-- products through oneDNN with prepacked weights (linear.py: MKL takes its AVX2 path on AMD CPUs);
+- products through oneDNN with prepacked weights (backends/linear.py: MKL takes its AVX2 path on AMD CPUs);
 - step functions scripted with TorchScript, so their ops run without the GIL while row_split.py runs several
   blocks of rows at once;
 - the C top-k from group maxima (native_topk.py, topk.py);

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_root
+from ...cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ parallel region whose threads meet at a barrier. When another process holds one 
 every barrier waits for a scheduler slice, and a batch-64 step ran 5-10x slower on two threads than on one. Row
 blocks meet once per step: on an idle machine they use both cores about as well as intra-op threads do. Rows
 never interact within a step, so the split changes no result beyond what the row count of a product already may
-(see linear.py; blocks always have >= 2 rows).
+(see backends/linear.py; blocks always have >= 2 rows).
 """
 
 from __future__ import annotations

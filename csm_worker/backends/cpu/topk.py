@@ -34,7 +34,7 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.custom_op("csm_render::top_k", mutates_args=())
 def top_k_op(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """top_k() as torch.ops.csm_render.top_k, so TorchScript code (depth.py) can call it."""
+    """top_k() as torch.ops.csm_render.top_k, so TorchScript code (model/depth.py) can call it."""
     return top_k(x, k)
 
 

@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 
-from csm_worker.requests import RenderedTurn
+from csm_worker.engine.requests import RenderedTurn
 from jobs.storage import LocalStorage, Storage
 from jobs.storage.jobrecord import ensure_job_record, fingerprint
 from jobs.storage.outputs import OutputWriter
