@@ -10,7 +10,7 @@
 #      --no-index --find-links .whl; scripts/gpu_wheels.sh fetches them). The project itself is not
 #      pip-installed: PYTHONPATH points at this tree, so Ray, boto3 and the job system's other needs are never
 #      fetched and the machine's CUDA torch is never replaced;
-#   2. runs the parity tests on CUDA (tests/csm_worker/test_device.py with CSM_RENDER_TEST_DEVICES=cuda: the
+#   2. runs the parity tests on CUDA (tests/csm_worker/engine/test_device.py with CSM_RENDER_TEST_DEVICES=cuda: the
 #      portable backend's dynamic step, static step and CUDA graphs against transformers on the GPU, sampled
 #      codes of all three equal, bf16 on the GPU against float32 on the CPU; the cpu backend does not apply);
 #   3. benchmarks random:csm-1b in bf16 (python -m csm_worker.device_check): batch 1 and --batch-size auto, with
@@ -76,7 +76,7 @@ $PY -c "from csm_worker.model.presets import preset_dir; preset_dir('random:csm-
 PRESET_PID=$!
 
 say "parity tests on CUDA"
-CSM_RENDER_TEST_DEVICES=cuda timeout 150 $PY -m pytest tests/csm_worker/test_device.py -q -p no:cacheprovider \
+CSM_RENDER_TEST_DEVICES=cuda timeout 150 $PY -m pytest tests/csm_worker/engine/test_device.py -q -p no:cacheprovider \
     -o addopts="" 2>&1 | tee "$WORK/tests.log"
 TESTS_RC=${PIPESTATUS[0]}
 say "tests exit status $TESTS_RC"

@@ -18,7 +18,7 @@ import torch
 from csm_worker import Generator, load_csm_1b
 from csm_worker.engine.engine import Engine
 
-from .conftest import collect, hf_greedy_on, sampled_mix_conversations
+from ..conftest import collect, hf_greedy_on, sampled_mix_conversations
 from .test_bf16 import ARGMAX_AGREEMENT, MAX_DIFF_OF_STD, teacher_forced_logits
 
 DEVICES = [d.strip() for d in os.environ.get("CSM_RENDER_TEST_DEVICES", "cpu").split(",") if d.strip()]

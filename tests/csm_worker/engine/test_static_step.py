@@ -13,7 +13,7 @@ from csm_worker.engine.cuda_graphs import WARMUP_RUNS, GraphRunner, preserved
 from csm_worker.engine.engine import GRAPHS_ENV, Engine, step_mode
 from csm_worker.engine.static_step import BUCKET, StaticStep, length_bucket, row_bucket, top_k_bucket
 
-from .conftest import sampled_mix_conversations
+from ..conftest import sampled_mix_conversations
 
 
 def test_length_buckets_cover_every_length_up_to_the_window():

@@ -1,0 +1,1 @@
+"""Tests of csm_worker/backends: backend choice and the fixed-weight product."""

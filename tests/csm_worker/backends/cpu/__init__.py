@@ -1,0 +1,1 @@
+"""Tests of csm_worker/backends/cpu: the CPU backend's kernels."""

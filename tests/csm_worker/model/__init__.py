@@ -1,0 +1,1 @@
+"""Tests of csm_worker/model: the lean model's pieces and loading a checkpoint."""
