@@ -51,6 +51,17 @@ class TextEncoder:
         return [len(x) + 2 for x in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
+def word_bound_counter():
+    """A counter of backbone positions that needs no tokenizer, and never counts more than the tokenizer would:
+    one position a whitespace-separated word of `[speaker]text`, plus BOS and EOS. Llama-3's pre-tokenizer (and the
+    presets' byte-level one) never joins characters of two such words into one token, so every word is at least
+    one token. It is marked `lower_bound`, so a turn refused by it is refused in words that say so."""
+    count_fn = lambda speaker, text: len(f"[{speaker}]{text}".split()) + 2  # noqa: E731
+    count_fn.many = lambda speakers, texts: [count_fn(s, t) for s, t in zip(speakers, texts)]
+    count_fn.lower_bound = True
+    return count_fn
+
+
 @dataclass
 class Span:
     """A stretch of context: text tokens followed by audio frames (codes [n, 32], EOS frame included)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import soundfile
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -50,4 +51,25 @@ def _probe(resolved: str) -> tuple[str | None, float | None]:
         return f"audio {resolved} cannot be decoded ({err}): use WAV, FLAC or another format libsndfile reads", None
     if info.frames <= 0 or info.samplerate <= 0:
         return f"audio {resolved} has no samples: give a recording of the turn", None
+    if info.subtype in FLOAT_SUBTYPES:
+        problem = _nonfinite_problem(resolved)
+        if problem:
+            return problem, None
     return None, 1000.0 * info.frames / info.samplerate
+
+
+# Only float samples can be NaN or infinite; integer PCM and compressed formats decode to finite values, so only
+# these recordings are read in full (in blocks: a long voice prompt never sits in memory whole).
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+_BLOCK_FRAMES = 1 << 16
+
+
+def _nonfinite_problem(resolved: str) -> str | None:
+    try:
+        finite = all(np.isfinite(block).all() for block in soundfile.blocks(resolved, blocksize=_BLOCK_FRAMES))
+    except (RuntimeError, OSError) as err:
+        return f"audio {resolved} cannot be decoded ({err}): use WAV, FLAC or another format libsndfile reads"
+    if finite:
+        return None
+    return (f"audio {resolved} contains NaN or infinite samples: fix the recording or re-export it "
+            "(16-bit PCM cannot hold them)")

@@ -308,8 +308,9 @@ class _Validator:
         needs = [positions + self._frames(given[r], durations.get(r), max_ms[r]) for r, positions in zip(rows, counts)]
         for r, positions, need in zip(rows, counts, needs):
             if need > self.window:
-                messages[r] = (f"text too long to fit the model's window ({positions} positions + {need - positions} "
-                               f"audio frames > {self.window}): shorten the text or split the turn")
+                at_least = "at least " if getattr(self.text_positions, "lower_bound", False) else ""
+                messages[r] = (f"text too long to fit the model's window ({at_least}{positions} positions + "
+                               f"{need - positions} audio frames > {self.window}): shorten the text or split the turn")
         if self.rooms is not None and "conversation_id" in cols and "turn_index" in cols:
             ids, turns = cols["conversation_id"].to_pylist(), cols["turn_index"].to_pylist()
             unusable = bad.get("conversation_id", np.zeros(n, dtype=bool)) | bad.get("turn_index", np.zeros(n, dtype=bool))
@@ -344,7 +345,7 @@ class _Validator:
                          Problem(self.paths[index], conv, turn, issue.column, issue.message(r), row=offset + r))
 
     def _turn_problem(self, issue: TurnIssue) -> Problem:
-        return Problem(self.paths[issue.file_index], issue.conversation_id, issue.turn_index, "turn_index",
+        return Problem(self.paths[issue.file_index], issue.conversation_id, issue.turn_index, issue.column,
                        issue.message, row=issue.row)
 
 

@@ -22,12 +22,14 @@ class TurnIssue:
     conversation_id: str
     turn_index: int | None
     message: str
+    column: str = "turn_index"
 
 
 class TurnTracker:
     def __init__(self) -> None:
         self._ids: list[str] = []                      # conversation code -> id
         self._first_file: list[int] = []               # conversation code -> file of its first row
+        self._first_row: list[int] = []                # conversation code -> its first row in that file
         self._codes: dict[str, int] = {}
         self._incomplete: set[int] = set()             # conversations with a row whose turn_index is unusable
         self._ids_complete = True                      # False once some row's conversation_id could not be read
@@ -45,7 +47,7 @@ class TurnTracker:
             self._ids_complete = False
         if conv is None:
             return
-        rows, codes = self._encode(file_index, conv)
+        rows, codes = self._encode(file_index, offset, conv)
         if turns is None:
             self._incomplete.update(np.unique(codes).tolist())
             return
@@ -60,10 +62,10 @@ class TurnTracker:
         `paths` names the files by index. Codes are handed out in order of first appearance, so the gaps,
         found in code order, come out in that order too.
         """
-        if not self._chunks:
-            return [], 0, []
-        files = np.concatenate([np.full(len(c), f, dtype=np.int32) for f, c, _, _ in self._chunks])
-        codes, turns, rows = (np.concatenate([chunk[i] for chunk in self._chunks]) for i in (1, 2, 3))
+        files = np.concatenate([np.full(len(c), f, dtype=np.int32) for f, c, _, _ in self._chunks] or [[]])
+        codes, turns, rows = (np.concatenate([chunk[i] for chunk in self._chunks] or [[]]) for i in (1, 2, 3))
+        if not len(codes):  # no row with a usable turn index (all negative, say): those rows were reported
+            return [], 0, self._case_collisions(paths)
         order = np.lexsort((rows, files, turns, codes))
         codes, turns, files, rows = codes[order], turns[order], files[order], rows[order]
         same = (codes[1:] == codes[:-1]) & (turns[1:] == turns[:-1])
@@ -77,24 +79,46 @@ class TurnTracker:
             duplicates.append(TurnIssue(int(files[i]), int(rows[i]), conv, turn,
                                         f"duplicate turn_index {turn} in conversation {conv} (first at "
                                         f"{paths[files[first]]} row {rows[first]}): keep one row per turn"))
-        return duplicates, int(same.sum()), self._gaps(codes[run_starts], turns[run_starts])
+        gaps = self._gaps(codes[run_starts], turns[run_starts])
+        return duplicates, int(same.sum()), gaps + self._case_collisions(paths)
 
-    def _encode(self, file_index: int, conv: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    def _encode(self, file_index: int, offset: int, conv: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Batch rows that have a conversation id, and their conversation codes."""
         encoded = conv.dictionary_encode()
         indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(indices >= 0)
+        first_row = np.zeros(len(encoded.dictionary), dtype=np.int64)
+        present, first = np.unique(indices[rows], return_index=True)
+        first_row[present] = rows[first] + offset
         # Dictionary order is order of first appearance, so codes are handed out in that order too.
-        lookup = np.array([self._code(name, file_index) for name in encoded.dictionary.to_pylist()], dtype=np.int32)
+        lookup = np.array([self._code(name, file_index, int(row))
+                           for name, row in zip(encoded.dictionary.to_pylist(), first_row.tolist())], dtype=np.int32)
         return rows, lookup[indices[rows]]
 
-    def _code(self, conversation_id: str, file_index: int) -> int:
+    def _code(self, conversation_id: str, file_index: int, row: int) -> int:
         code = self._codes.get(conversation_id)
         if code is None:
             code = self._codes[conversation_id] = len(self._ids)
             self._ids.append(conversation_id)
             self._first_file.append(file_index)
+            self._first_row.append(row)
         return code
+
+    def _case_collisions(self, paths: list[str]) -> list[TurnIssue]:
+        """Conversations whose ids differ only in case: their files (named by the id) would be one file on a
+        case-insensitive filesystem (macOS, Windows, some mounts), where one conversation overwrites the other's
+        audio. Each id after the first of its group is reported at its first row."""
+        first_of: dict[str, int] = {}
+        issues = []
+        for code, conv in enumerate(self._ids):
+            seen = first_of.setdefault(conv.casefold(), code)
+            if seen != code:
+                where = f"{paths[self._first_file[seen]]} row {self._first_row[seen]}"
+                issues.append(TurnIssue(self._first_file[code], self._first_row[code], conv, None,
+                                        f"conversation_id {conv!r} differs only in case from {self._ids[seen]!r} "
+                                        f"(first at {where}): their files would collide on a case-insensitive "
+                                        "filesystem; rename one", column="conversation_id"))
+        return issues
 
     def _gaps(self, codes: np.ndarray, turns: np.ndarray) -> list[TurnIssue]:
         """`codes`/`turns`: unique pairs sorted by code, then turn."""

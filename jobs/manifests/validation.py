@@ -2,8 +2,9 @@
 with the model's own tokenizer, problems named by the file the user gave (its S3 URI for a copy).
 
 The structural checks (files, columns, types, ids, turn indices, sampling values, given audio) need no model and
-always run; the window-length check needs the tokenizer. Without one (offline, no hub access, no local copy),
-`validate` still reports every structural problem and says in one line that the window check was skipped;
+always run; the exact window-length check needs the tokenizer. Without one (offline, no hub access, no local
+copy), `validate` still reports every structural problem, refuses turns whose words alone overflow the window (a
+word is at least one token), and says in one line that the exact check was skipped;
 `run` reports the manifest's problems first, then that it needs the model."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 
 from csm_worker.errors import ModelLoadError
 from csm_worker.model.loading import text_encoder_for
+from csm_worker.model.prompt import word_bound_counter
 
 from jobs.manifests.manifest import ManifestError, validate_manifests
 from jobs.model_source import local_model
@@ -20,9 +22,10 @@ from jobs.manifests.voices import FRAME_MS, check_window, speaker_pairs
 
 WINDOW = 2048  # the backbone's positions (validate_manifests' default window)
 
-WINDOW_CHECK_SKIPPED = ("window-length check skipped: the tokenizer of {model} is not available ({reason}). "
-                        "Enable it with --model pointing at a local copy of the model (or a random:* preset), "
-                        "or with access to the hub.")
+WINDOW_CHECK_SKIPPED = ("exact window-length check skipped: the tokenizer of {model} is not available ({reason}); "
+                        "turns were checked by word count only, a lower bound of their positions. Enable it with "
+                        "--model pointing at a local copy of the model (or a random:* preset), or with access to "
+                        "the hub.")
 
 
 @contextmanager
@@ -39,7 +42,8 @@ def validated_manifests(args: list[str], model: str, revision: str | None = None
     except ModelLoadError as e:
         encoder, unavailable = None, e
     with local_manifests(list(args), s3_endpoint_url) as local:
-        report = validate_manifests(local.args, text_positions=encoder.counter() if encoder else None,
+        # Without the tokenizer a word count still refuses turns that cannot fit (40,000 words, say).
+        report = validate_manifests(local.args, text_positions=encoder.counter() if encoder else word_bound_counter(),
                                     default_max_audio_length_ms=default_max_audio_length_ms,
                                     check_audio=check_audio and not local.has_remote,
                                     collect_rooms=cast is not None)

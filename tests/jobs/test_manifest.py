@@ -175,6 +175,30 @@ def test_negative_turn_index(tmp_path, validate):
     assert_problem(problem, path, "c1", -1, "turn_index", "turn_index -1 is out of range: use an integer >= 0")
 
 
+def test_a_conversation_whose_only_turn_index_is_negative_is_one_problem(tmp_path, validate):
+    # Its one row is unusable, so no row of any conversation has a usable turn index left to check for gaps.
+    path = write(tmp_path / "m.parquet", **turns(n=1, turn_index=[-1]))
+    problem = only_problem(validate([path]))
+    assert_problem(problem, path, "c1", -1, "turn_index", "turn_index -1 is out of range: use an integer >= 0")
+
+
+def test_conversation_ids_that_differ_only_in_case_are_refused_at_their_rows(tmp_path, validate):
+    first = write(tmp_path / "a.parquet", **turns("Conv", n=2))
+    second = write(tmp_path / "b.parquet", conversation_id=["x", "conv", "conv", "CONV"], turn_index=[0, 0, 1, 0],
+                   speaker=[0, 0, 1, 0], text=["a", "b", "c", "d"])
+    report = validate([first, second])
+    assert [(p.file, p.row, p.conversation_id, p.column) for p in report.problems] == [
+        (second, 1, "conv", "conversation_id"), (second, 3, "CONV", "conversation_id")]
+    assert f"'conv' differs only in case from 'Conv' (first at {first} row 0)" in report.problems[0].message
+    assert "case-insensitive filesystem" in report.problems[1].message
+
+
+def test_conversation_ids_that_differ_in_more_than_case_are_two_conversations(tmp_path, validate):
+    path = write(tmp_path / "m.parquet", **{k: turns("conv-a", n=1)[k] + turns("conv-b", n=1)[k]
+                                            for k in turns(n=1)})
+    assert validate([path]).ok
+
+
 def test_negative_speaker(tmp_path, validate):
     path = write(tmp_path / "m.parquet", **turns(speaker=[0, -2, 1]))
     problem = only_problem(validate([path]))
@@ -221,6 +245,23 @@ def test_given_audio_that_cannot_be_decoded(tmp_path, validate):
     path = write(tmp_path / "m.parquet", **turns(audio=["garbage.wav", None, None]))
     problem = only_problem(validate([path]))
     assert_problem(problem, path, "c1", 0, "audio", f"audio {tmp_path / 'garbage.wav'} cannot be decoded")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_given_audio_with_non_finite_samples(tmp_path, validate, bad, subtype):
+    samples = np.full(100_000, 0.1, dtype=np.float32)  # past one read block, so every block is looked at
+    samples[-3] = bad
+    soundfile.write(tmp_path / "broken.wav", samples, 24_000, subtype=subtype)
+    path = write(tmp_path / "m.parquet", **turns(audio=["broken.wav", None, None]))
+    problem = only_problem(validate([path]))
+    assert_problem(problem, path, "c1", 0, "audio", f"audio {tmp_path / 'broken.wav'} contains NaN or infinite samples")
+
+
+def test_given_float_audio_with_finite_samples_is_valid(tmp_path, validate):
+    soundfile.write(tmp_path / "fine.wav", np.full(1000, 0.1, dtype=np.float32), 24_000, subtype="FLOAT")
+    path = write(tmp_path / "m.parquet", **turns(audio=["fine.wav", None, None]))
+    assert validate([path]).ok
 
 
 def test_audio_not_checked_when_check_audio_is_false(tmp_path, validate):
@@ -272,6 +313,15 @@ def test_given_turn_window_counts_its_audio_and_eos_frame(tmp_path):
     assert validate_manifests([path], text_positions=positions, window=41).ok
     problem = only_problem(validate_manifests([path], text_positions=positions, window=40))
     assert_problem(problem, path, "c1", 0, "text", "(15 positions + 26 audio frames > 40)")
+
+
+def test_the_word_bound_refuses_what_cannot_fit_and_says_at_least(tmp_path):
+    from csm_worker.model.prompt import word_bound_counter
+
+    # 2048 - 125 frames leave 1923 positions: 1921 words (the first carries "[0]") + BOS and EOS fit, one more not.
+    path = write(tmp_path / "m.parquet", **turns(n=2, text=["w " * 1921, "w " * 1922]))
+    problem = only_problem(validate_manifests([path], text_positions=word_bound_counter()))
+    assert_problem(problem, path, "c1", 1, "text", "(at least 1924 positions + 125 audio frames > 2048)")
 
 
 def test_window_check_skipped_without_text_positions(tmp_path):

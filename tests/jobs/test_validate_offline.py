@@ -63,3 +63,14 @@ def test_run_offline_needs_the_model_and_says_so(offline, tmp_path):
     assert result.returncode == 2
     assert "cannot download sesame/csm-1b" in result.stderr and "local folder" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_turn_whose_words_alone_overflow_the_window_is_refused_offline(offline, tmp_path):
+    # Without the tokenizer, each whitespace-separated word still counts as at least one position.
+    path = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"conversation_id": ["c1", "c1"], "turn_index": [0, 1], "speaker": [0, 1],
+                             "text": ["word " * 40_000, "Bye."]}), path)
+    result = offline("validate", path)
+    assert result.returncode == 2, result.stdout
+    assert (f"{path}: row c1/0: column text: text too long to fit the model's window (at least 40002 positions"
+            in result.stderr)
