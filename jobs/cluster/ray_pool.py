@@ -30,9 +30,15 @@ def init_address(address: str | None) -> str:
 def check_cluster_access(address: str | None) -> None:
     """Before joining an existing cluster: when it has Ray token authentication on, make sure this process has a
     token it takes and sends it (RAY_AUTH_MODE=token), or raise ClusterAuthError at once (jobs/cluster/auth.py).
-    A Ray of this process's own ("local") and Ray Client addresses (ray://) are left to Ray."""
+    A Ray of this process's own ("local") keeps the token mode Ray gives a new local cluster, said explicitly so
+    Ray does not warn about it to a user who never asked for a cluster; Ray Client addresses (ray://) are left
+    to Ray."""
     address = init_address(address)
-    if address == "local" or "://" in address:
+    if address == "local":
+        if auth.MODE_ENV not in os.environ:
+            auth.use_token_mode()  # Ray's own default for a new local Ray, without its warning
+        return
+    if "://" in address:
         return
     gcs = _gcs_address(address)
     where = f"the Ray cluster at {gcs if address == 'auto' else address}"  # as the user wrote it

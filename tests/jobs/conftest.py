@@ -40,10 +40,12 @@ def csm_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def csm_render(csm_cache):
     """Run `csm-render ARGS...` in a subprocess (so the Ray it starts also stops with it); returns the
-    CompletedProcess with text stdout/stderr."""
+    CompletedProcess with text stdout/stderr. `unset`: environment variables the command must not see (a Ray
+    started in this test process sets RAY_AUTH_MODE in its environment, which a user's shell does not have)."""
 
-    def run(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], cwd=cwd, env=dict(os.environ),
+    def run(*args, cwd=None, timeout=300, unset=()) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in unset}
+        return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
 
     return run

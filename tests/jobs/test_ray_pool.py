@@ -102,13 +102,18 @@ def test_a_refused_token_is_a_clear_error_before_ray_init(gcs, token_mode_calls,
     assert token_mode_calls == []
 
 
-def test_a_ray_of_its_own_is_left_to_ray(token_mode_calls, monkeypatch):
+def test_a_ray_of_its_own_asks_no_cluster_and_keeps_rays_default_mode_quietly(token_mode_calls, monkeypatch):
+    # Ray turns token mode on for a new local Ray and warns about it unless RAY_AUTH_MODE is set: the job sets
+    # the same mode itself (so Ray has nothing to warn of), and leaves a mode the user set alone.
     from jobs.cluster import auth
 
     monkeypatch.setattr(auth, "gcs_probe", lambda address: pytest.fail(f"asked {address}"))
     check_cluster_access(None)
     check_cluster_access("local")
-    assert token_mode_calls == []
+    assert token_mode_calls == ["token", "token"]
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    check_cluster_access("local")
+    assert token_mode_calls == ["token", "token"]
 
 
 def test_rays_own_refusal_is_one_line(token_mode_calls, monkeypatch):
