@@ -13,6 +13,7 @@ import click
 from csm_worker import DEFAULT_MODEL, ModelLoadError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_RESUME = 75  # sysexits' EX_TEMPFAIL: the job stopped short of its end; run it again to resume
 
 model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
                             help="Hub id, local folder in the hub format, or random:tiny|random:small|random:csm-1b.")
@@ -155,6 +156,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
         new_run, voices, export_kinds, export_format, export_loudness, export_pause_ms, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
+    from jobs.cluster.feeder import FeederLost
     from jobs.storage.jobrecord import JobMismatch
     from jobs.manifests.manifest import ManifestError
     from jobs.plan.order import Defaults
@@ -188,6 +190,8 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         sys.exit(EXIT_BAD_INPUT)
     except (JobMismatch, ModelLoadError, OutInUse, StorageError, OSError) as e:
         _fail(str(e))  # OSError: a local OUT that cannot be written, a missing manifest, an unreachable cluster
+    except FeederLost as e:
+        _fail(str(e), EXIT_RESUME)
     except KeyboardInterrupt:
         # Every file is written under a temporary name and renamed, so whatever was in flight is either
         # committed or absent: nothing to clean up.

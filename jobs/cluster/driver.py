@@ -21,6 +21,7 @@ from jobs.export.live import live_exporter
 from jobs.storage.jobrecord import check_weights
 from jobs.storage.outputs import OutputWriter
 from jobs.progress import Progress
+from jobs.cluster.feeder import FeederLost
 from jobs.cluster.ray_pool import start_worker
 
 REFILL_EVERY_S = 0.5  # how often the queue depth is checked (each check is a round trip to the queue actor)
@@ -53,6 +54,13 @@ class Driver:
         self.exports = live_exporter(cfg, writer.storage)  # run --export: each complete conversation, at once
 
     def run(self, count: int) -> None:
+        try:
+            self._follow(count)
+        except FeederLost:
+            self._stop_workers()  # on a cluster they would otherwise render on until this driver exits
+            raise
+
+    def _follow(self, count: int) -> None:
         for _ in range(count):
             self._start()
         while self.workers:
@@ -69,6 +77,20 @@ class Driver:
             self.exports.close()  # waits for the exports in flight
         if self.first_ready is not None:
             self.summary.render_seconds = time.monotonic() - self.first_ready
+
+    def _ask(self, ref):
+        """ray.get of a call to the queue actor; its death is FeederLost, not a worker's."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            raise FeederLost(f"the job's work queue (its actor on the driver's node) was lost ({_last_line(e)}); "
+                             "every committed turn is kept and no conversation was marked failed: run the same "
+                             "command again to resume") from None
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers.values():
+            ray.kill(worker.actor, no_restart=True)
+        self.workers.clear()
 
     # -- workers ----------------------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -123,14 +145,16 @@ class Driver:
         self.last_error = _last_line(error)
         if not worker.ready:
             _raise_bad_checkpoint(self.last_error)
+        # Asked first: when the worker died because the queue did, only the queue's loss is reported.
+        returned = self._ask(self.feeder.worker_lost.remote(worker.id))
         self.slots -= worker.slots  # the replacement adds its own when ready
         self.failed_starts += not worker.ready
         self.summary.workers_lost += 1
         print(f"worker {worker.id} lost: {self.last_error}", file=sys.stderr)
-        for item, attempts in ray.get(self.feeder.worker_lost.remote(worker.id)):
+        for item, attempts in returned:
             self._fail(item.conversation_id, "WorkerLost",
                        f"its worker died {attempts} time(s) while rendering it; last: {self.last_error}", attempts)
-        more_work = not self.planned_all or ray.get(self.feeder.depth.remote()) > 0
+        more_work = not self.planned_all or self._ask(self.feeder.depth.remote()) > 0
         if more_work and self.failed_starts < max(1, self.cfg.max_attempts):
             self._start()
 
@@ -142,7 +166,7 @@ class Driver:
                  if w.ready and not w.killed and now - w.last_event > self.cfg.watchdog_s]
         if not stale:
             return
-        activity = ray.get(self.feeder.activity.remote())
+        activity = self._ask(self.feeder.activity.remote())
         for w in stale:
             held, last_taken = activity.get(w.id, (0, 0.0))
             if held and now - max(w.last_event, last_taken) > self.cfg.watchdog_s:
@@ -157,7 +181,7 @@ class Driver:
         if self.planned_all or now < self.next_refill:
             return
         self.next_refill = now + REFILL_EVERY_S
-        depth = ray.get(self.feeder.depth.remote())
+        depth = self._ask(self.feeder.depth.remote())
         while depth < max(16, 2 * self.slots):
             chunk = next(self.chunks, None)
             if chunk is None:
@@ -170,7 +194,7 @@ class Driver:
     def _fail_leftovers(self) -> None:
         """No worker is left (none could start): record every conversation not done as failed, so the job
         ends with a clear account instead of hanging."""
-        left = ray.get(self.feeder.drain.remote())
+        left = self._ask(self.feeder.drain.remote())
         left += [(item, 0) for chunk in self.chunks for item in chunk]
         for item, attempts in left:
             self._fail(item.conversation_id, "WorkerError", f"no worker could render it: {self.last_error}",

@@ -20,6 +20,12 @@ from collections import deque
 from dataclasses import dataclass
 
 
+class FeederLost(RuntimeError):
+    """The queue actor died (its process killed, its node lost): the leases it held, which say what each worker
+    is rendering, are gone with it. The job stops; OUT's commit records say what is done, so a re-run resumes
+    exactly where this one stopped."""
+
+
 @dataclass
 class Lease:
     item: object  # a jobs.plan.order.WorkItem (kept opaque: the feeder only moves it around)

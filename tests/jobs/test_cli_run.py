@@ -520,3 +520,61 @@ def test_a_run_that_loses_its_lease_stops(tmp_path, ray_session, monkeypatch):
     thief.join()
     assert json.loads((out / layout.lock_key(2)).read_text())["run_id"] == "usurper"
     assert not json.loads((out / layout.lock_key(1)).read_text()).get("released")
+
+
+def test_a_run_that_loses_its_queue_stops_and_a_rerun_renders_each_turn_once(tmp_path, ray_session, monkeypatch):
+    # The queue actor is killed (as when its process or node is lost) once the first turn is committed: the run
+    # stops with FeederLost, stops its workers, records no conversation as failed, and the re-run renders
+    # exactly the turns that were not committed.
+    from jobs.cluster.driver import Driver
+    from jobs.cluster.feeder import FeederLost
+    from jobs.manifests.manifest import ConversationSpec, TurnSpec
+    from jobs.plan.order import Defaults
+    from jobs.runner import RunConfig, run_job
+
+    conversations = [ConversationSpec(f"c{i}", [TurnSpec(f"c{i}", t, t % 2, "Hello there.") for t in range(4)])
+                     for i in range(4)]
+    out = tmp_path / "out"
+    cfg = RunConfig(manifests=[], out=str(out), model="random:tiny", batch_size=2,
+                    defaults=Defaults(max_audio_length_ms=400))
+    original, killed = Driver._next, []
+
+    def kill_the_queue_after_a_turn(self, stream):
+        original(self, stream)
+        if self.summary.turns_rendered and not killed:
+            killed.append(self.summary.turns_rendered)
+            ray_session.kill(self.feeder, no_restart=True)
+
+    monkeypatch.setattr(Driver, "_next", kill_the_queue_after_a_turn)
+    with pytest.raises(FeederLost, match="work queue .* was lost .* run the same command again to resume"):
+        run_job(cfg, conversations=conversations)
+    assert killed
+    assert not (out / "failures").exists() or not list((out / "failures").iterdir())
+    committed = {p for p in (out / "commits").rglob("*.json") if not p.name.startswith(TMP_PREFIX)}
+    assert 0 < len(committed) < 16
+
+    monkeypatch.setattr(Driver, "_next", original)
+    summary = run_job(cfg, conversations=conversations)
+    assert summary.exit_code == 0 and summary.failed == {}
+    assert summary.turns_rendered == 16 - len(committed)
+    keys = [(r["conversation_id"], r["turn_index"]) for r in metadata_rows(out)]
+    assert sorted(keys) == sorted((f"c{i}", t) for i in range(4) for t in range(4))
+    assert tmp_files(out) == []
+
+
+def test_a_lost_queue_is_one_line_and_the_resume_exit_code(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import jobs.runner
+    from jobs.cli import EXIT_RESUME, main
+    from jobs.cluster.feeder import FeederLost
+
+    def lose(cfg):
+        raise FeederLost("the job's work queue was lost (ActorDiedError); run the same command again to resume")
+
+    monkeypatch.setattr(jobs.runner, "run_job", lose)
+    manifest = write_manifest(tmp_path / "manifest")
+    result = CliRunner().invoke(main, ["run", str(manifest), "--out", str(tmp_path / "out"), *map(str, JOB_ARGS)])
+    assert result.exit_code == EXIT_RESUME == 75
+    assert result.stderr.strip().splitlines() == [
+        "error: the job's work queue was lost (ActorDiedError); run the same command again to resume"]
