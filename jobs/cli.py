@@ -119,6 +119,9 @@ _JOB_OPTIONS = [
     click.option("--lock-wait-s", default=140.0, show_default=True, type=click.FloatRange(0),
                  help="When another run holds OUT, wait this long for it to end, then exit 2 (the default is time "
                       "enough for the lease of a run that vanished to expire)."),
+    click.option("--if-busy", default="fail", show_default=True, type=click.Choice(["fail", "skip"]),
+                 help="When another run still holds OUT after --lock-wait-s: fail (exit 2) or skip (exit 0, nothing "
+                      "done; for schedules, whose late or doubled runs would otherwise fail)."),
     click.option("--format", "audio_format", default="wav", show_default=True, type=click.Choice(["wav", "flac"])),
     click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(0, 5, min_open=True)),
     click.option("--top-k", default=50, show_default=True, type=click.IntRange(1, 2051)),
@@ -153,14 +156,14 @@ def job_options(command):
 @click.option("--export-pause-ms", type=click.IntRange(0, 60_000), default=None,
               help="--export's conversations and captions: silence after a turn whose row has no pause_ms.")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
-        max_attempts, watchdog_s, lock_wait_s, address, audio_format, temperature, top_k, max_audio_length_ms, seed,
-        new_run, voices, export_kinds, export_format, export_loudness, export_pause_ms, backend) -> None:
+        max_attempts, watchdog_s, lock_wait_s, if_busy, address, audio_format, temperature, top_k,
+        max_audio_length_ms, seed, new_run, voices, export_kinds, export_format, export_loudness, export_pause_ms, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.cluster.feeder import FeederLost
     from jobs.storage.jobrecord import JobMismatch
     from jobs.manifests.manifest import ManifestError
     from jobs.plan.order import Defaults
-    from jobs.storage.run_lock import OutInUse
+    from jobs.storage.run_lock import LeaseLost, OutInUse
     from jobs.runner import RunConfig, run_job
     from jobs.storage import StorageError, open_storage
 
@@ -188,7 +191,12 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     except ManifestError as e:
         _report_problems(e.problems)
         sys.exit(EXIT_BAD_INPUT)
-    except (JobMismatch, ModelLoadError, OutInUse, StorageError, OSError) as e:
+    except OutInUse as e:
+        if if_busy == "skip" and not isinstance(e, LeaseLost):  # LeaseLost: taken over mid-run, not busy at start
+            click.echo(f"skipped (--if-busy skip): {e}")
+            sys.exit(EXIT_OK)
+        _fail(str(e))
+    except (JobMismatch, ModelLoadError, StorageError, OSError) as e:
         _fail(str(e))  # OSError: a local OUT that cannot be written, a missing manifest, an unreachable cluster
     except FeederLost as e:
         _fail(str(e), EXIT_RESUME)

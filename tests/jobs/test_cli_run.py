@@ -275,6 +275,11 @@ def test_an_out_another_run_holds_is_refused_and_left_alone(first, csm_render):
     assert result.returncode == 2, result.stderr
     assert "is in use by run nightly" in result.stderr
     assert snapshot(out, "") == before
+    # A schedule's late or doubled run: --if-busy skip makes it a clean no-op (exit 0, nothing touched).
+    skipped = csm_render(*first.command(out, "--lock-wait-s", 0, "--if-busy", "skip"))
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped (--if-busy skip)" in skipped.stdout and "is in use by run nightly" in skipped.stdout
+    assert snapshot(out, "") == before
 
 
 # --- other settings on the same OUT ------------------------------------------------------------------------------
