@@ -100,9 +100,43 @@ def gpu_worker_groups(cluster_spec: dict) -> list[dict]:
     return [g for g in cluster_spec.get("workerGroupSpecs") or [] if _gpu_limit(g["template"]) >= 1]
 
 
+def _quantity(value) -> float:
+    """A Kubernetes memory quantity (or plain bytes) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    number, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", str(value)).groups()
+    return float(number) * units.get(unit, 1)
+
+
+def check_pod_resources(template: dict) -> None:
+    """Requests equal to limits in every container: Ray sizes itself from the limits, and a pod that may be
+    squeezed below them (or evicted first) holds a GPU and an engine's worth of work."""
+    for container in template["spec"]["containers"]:
+        resources = container.get("resources") or {}
+        assert resources.get("limits") and resources.get("requests") == resources["limits"], \
+            f"{container['name']}: requests must equal limits"
+
+
+def check_shared_memory(group: dict) -> None:
+    """Ray's object store lives in /dev/shm: a memory emptyDir there, larger than the store Ray is told to use
+    (Ray's default, 30% of the pod's memory, would not fit a small one and would fall back to disk)."""
+    pod = group["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in _main_container(group["template"]).get("volumeMounts", [])}
+    shm = [v for v in pod.get("volumes", []) if mounts.get(v["name"]) == "/dev/shm"]
+    assert shm and (shm[0].get("emptyDir") or {}).get("medium") == "Memory", "no memory volume at /dev/shm"
+    store = group.get("rayStartParams", {}).get("object-store-memory")
+    assert store, "rayStartParams object-store-memory must bound the object store to fit /dev/shm"
+    assert _quantity(store) < _quantity(shm[0]["emptyDir"]["sizeLimit"]), "the object store does not fit /dev/shm"
+
+
 def check_cluster_spec(spec: dict) -> None:
     """What every RayCluster spec here needs, standalone or inside a RayJob."""
     assert re.fullmatch(r"\d+\.\d+\.\d+", str(spec.get("rayVersion", ""))), "rayVersion must name the image's Ray"
+    assert (spec.get("authOptions") or {}).get("mode") == "token", \
+        "Ray token authentication (authOptions.mode: token) keeps other pods from running code on the cluster"
+    for group in [spec.get("headGroupSpec") or {}, *(spec.get("workerGroupSpecs") or [])]:
+        if group.get("template"):
+            check_pod_resources(group["template"])
+            check_shared_memory(group)
     head = spec.get("headGroupSpec")
     assert head and head.get("template"), "no headGroupSpec with a pod template"
     head_container = _main_container(head["template"])
@@ -243,9 +277,13 @@ def dockerfile_lines(text: str) -> list[str]:
     return lines
 
 
+def dockerfile_args(text: str) -> dict[str, str]:
+    return dict(re.fullmatch(r"ARG (\w+)=?(.*)", l).groups() for l in dockerfile_lines(text) if l.startswith("ARG "))
+
+
 def check_dockerfile(text: str) -> None:
     lines = dockerfile_lines(text)
-    args = dict(re.fullmatch(r"ARG (\w+)=?(.*)", l).groups() for l in lines if l.startswith("ARG "))
+    args = dockerfile_args(text)
     froms = [re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), ""), l.split()[1])
              for l in lines if l.upper().startswith("FROM ")]
     assert froms, "no FROM"
@@ -253,6 +291,10 @@ def check_dockerfile(text: str) -> None:
     runs = " ; ".join(l for l in lines if l.upper().startswith("RUN "))
     pip_installs = [c.strip() for c in re.split(r"&&|\|\||;", runs) if re.search(r"\bpip install\b", c)]
     assert any(re.search(r"\btorch\b", c) for c in pip_installs), "torch is not installed"
+    # The build must fail when torch's CUDA and the base image's differ (pods would start with no usable GPU).
+    assert re.search(r"torch\.version\.cuda == base", runs) and "CUDA_VERSION" in runs, \
+        "the build does not compare torch's CUDA with the base image's"
+    assert "TORCH_INDEX_URL=" in " ".join(lines) or not args.get("TORCH_INDEX_URL"), "TORCH_INDEX_URL must be settable"
     copies = [l for l in lines if l.upper().startswith(("COPY ", "ADD "))]
     project = [c.split()[-1].rstrip("/") for c in copies if "pyproject.toml" in c]
     assert project, "the project's pyproject.toml is not copied"
@@ -310,6 +352,10 @@ def test_raycluster():
     "spec.workerGroupSpecs.0.template.spec.containers.0.resources.limits.nvidia.com/gpu",
     "spec.workerGroupSpecs.0.maxReplicas",
     "spec.rayVersion",
+    "spec.authOptions",
+    "spec.headGroupSpec.template.spec.volumes.1",
+    "spec.headGroupSpec.rayStartParams.object-store-memory",
+    "spec.workerGroupSpecs.0.template.spec.containers.0.resources.requests",
 ])
 def test_raycluster_check_fails_without(path):
     doc = the_one("RayCluster", "raycluster.yaml")
@@ -429,12 +475,43 @@ def test_every_ray_pod_reads_the_secret_and_uses_one_image():
             refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
             assert refs == [secret], f"{where}: {container['name']} must read the Secret {secret}"
             images.add(container["image"])
-    assert images == {"ghcr.io/your-org/csm-render:latest"}
+    assert images == {f"ghcr.io/your-org/csm-render:{image_tag()}"}
+
+
+def image_tag() -> str:
+    """The one tag every pod pins: the project's version, its Ray and its CUDA line (from the Dockerfile), so head
+    and workers can never run different builds under a moving `latest`."""
+    import tomllib
+
+    project = tomllib.loads((INFRA.parent / "pyproject.toml").read_text())["project"]["version"]
+    args = dockerfile_args(DOCKERFILE.read_text())
+    cuda = re.search(r"nvidia/cuda:(\d+\.\d+)\.", args["CUDA_IMAGE"]).group(1)
+    return f"{project}-ray{args['RAY_VERSION']}-cuda{cuda}"
+
+
+def test_the_scheduled_runs_skip_when_a_run_still_holds_out():
+    # A late or doubled run (RayCronJob replays every missed run at once) must end as a no-op, not a failure.
+    for where, spec in rayjob_specs():
+        if where != "rayjob.yaml":
+            assert option(entrypoint_args(spec["entrypoint"]), "--if-busy") == "skip", where
+
+
+def test_the_docs_select_a_cronjobs_runs_by_the_label_kuberay_gives_them():
+    # KubeRay labels a RayCronJob's RayJobs ray.io/cronjob-name=<name>; no other label of ours reaches them.
+    name = the_one("RayCronJob", "raycronjob.yaml")["metadata"]["name"]
+    for text in ((INFRA / "README.md").read_text(), (KUBERAY / "raycronjob.yaml").read_text()):
+        selectors = re.findall(r"kubectl get rayjobs? -l ([\w./-]+=[\w.-]+)", text)
+        cron = [s for s in selectors if "nightly" in s or "cronjob" in s]
+        assert f"ray.io/cronjob-name={name}" in cron
+
+
+def test_the_raycronjob_says_how_to_check_its_feature_gate():
+    text = (KUBERAY / "raycronjob.yaml").read_text()
+    assert "RayCronJob=true" in text and "kubectl -n kuberay-operator get deploy" in text
 
 
 def test_ray_version_is_the_same_everywhere():
-    args = dict(re.fullmatch(r"ARG (\w+)=?(.*)", l).groups()
-                for l in dockerfile_lines(DOCKERFILE.read_text()) if l.startswith("ARG "))
+    args = dockerfile_args(DOCKERFILE.read_text())
     version = args["RAY_VERSION"]
     clusters = [d["spec"] for _, d in objects_of("RayCluster")] + [s["rayClusterSpec"] for _, s in rayjob_specs()]
     assert {c["rayVersion"] for c in clusters} == {version}
@@ -476,7 +553,8 @@ def _without_line(text: str, pattern: str) -> str:
 
 @pytest.mark.parametrize("mutate", [
     lambda t: _without_line(t, r"^FROM "),
-    lambda t: t.replace("nvidia/cuda:12.8.1-runtime-ubuntu24.04", "ubuntu:24.04"),
+    lambda t: t.replace("nvidia/cuda:13.0.1-runtime-ubuntu24.04", "ubuntu:24.04"),
+    lambda t: t.replace("torch.version.cuda == base", "torch.version.cuda"),
     lambda t: _without_line(t, r"^COPY pyproject"),
     lambda t: t.replace('pip install "ray[default]==${RAY_VERSION}" /tmp/src', 'pip install "ray[default]"'),
     lambda t: _without_line(t, r"^USER "),
@@ -486,7 +564,7 @@ def _without_line(text: str, pattern: str) -> str:
     lambda t: t + "\nCOPY . /app\n",
     lambda t: t + "\nCOPY models/csm-1b/model.safetensors /weights/\n",
     lambda t: t + "\nADD --chown=ray:ray hf_cache /data/hf\n",
-], ids=["no-from", "no-cuda", "no-copy", "no-install", "no-user", "root", "no-hf-home", "no-smoke", "copy-all",
+], ids=["no-from", "no-cuda", "no-cuda-match", "no-copy", "no-install", "no-user", "root", "no-hf-home", "no-smoke", "copy-all",
         "copy-safetensors", "add-hf-cache"])
 def test_dockerfile_check_fails(mutate):
     with pytest.raises(AssertionError):
