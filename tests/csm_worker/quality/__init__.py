@@ -1,0 +1,1 @@
+"""Tests of csm_worker/quality: the per-turn checks."""
