@@ -13,6 +13,7 @@ from typing import Protocol
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
+from csm_worker.quality.checks import check_turn
 
 from jobs.manifests.voices import Cast
 from jobs.storage.jobrecord import read_job_record
@@ -188,7 +189,8 @@ class RenderWorker:
         s = settings_for(spec, self.defaults)
         try:
             row = self.writer.commit_turn(turn, s["temperature"], s["top_k"], spec.pause_ms,
-                                          voice=self._voice_of(progress, turn.speaker))
+                                          voice=self._voice_of(progress, turn.speaker),
+                                          quality=check_turn(turn.audio, turn.sample_rate, turn.text, turn.end_reason))
         except ObjectExists as e:  # someone else committed this turn: the conversation is theirs now
             progress.superseded = True
             progress.error = (type(e).__name__, f"turn {turn.turn_index}: {e}")

@@ -205,6 +205,10 @@ def test_first_run_metadata_columns(first):
             assert row["num_frames"] == max_frames, (cid, idx)
         else:
             assert row["num_frames"] < max_frames, (cid, idx)
+        # Every rendered turn was checked; running to the length limit is one of the failures the checks name.
+        assert row["qc_status"] in ("pass", "fail") and row["qc_attempts"] == 1, (cid, idx)
+        assert (row["qc_status"] == "fail") == bool(row["qc_failed"]), (cid, idx)
+        assert ("max_length" in (row["qc_failed"] or "")) == (row["end_reason"] == "max_length"), (cid, idx)
     # Derived seeds differ from turn to turn (they are not all the job seed).
     assert len({r["seed"] for r in first.rows}) == len(first.rows)
 

@@ -59,6 +59,18 @@ def test_commit_turn_writes_audio_codes_and_record(storage, writer):
     assert set(row) == set(METADATA_SCHEMA.names)
     assert writer.read_commit("kitchen", 2) == row
     assert json.loads(storage.read_bytes(layout.commit_key("kitchen", 2))) == row
+    assert (row["qc_status"], row["qc_failed"], row["qc_attempts"]) == ("unchecked", None, 1)
+
+
+def test_a_turns_checks_are_recorded_in_its_row_and_commit(writer):
+    from csm_worker.quality.checks import TurnQuality
+
+    failed = writer.commit_turn(rendered("c", 0), 0.9, 50, None,
+                                quality=TurnQuality(("max_length", "too_slow")), attempts=3)
+    passed = writer.commit_turn(rendered("c", 1), 0.9, 50, None, quality=TurnQuality(()))
+    assert (failed["qc_status"], failed["qc_failed"], failed["qc_attempts"]) == ("fail", "max_length,too_slow", 3)
+    assert (passed["qc_status"], passed["qc_failed"], passed["qc_attempts"]) == ("pass", None, 1)
+    assert writer.read_commit("c", 0)["qc_failed"] == "max_length,too_slow"
 
 
 def test_commit_record_is_written_last_and_create_only(storage, writer, monkeypatch):
