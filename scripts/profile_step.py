@@ -15,8 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from csm_worker import Generator, load_csm_1b
 from csm_worker.bench import PROMPT
-from csm_worker.engine import Engine
-from csm_worker.requests import ConversationRequest, TurnRequest
+from csm_worker.engine.engine import Engine
+from csm_worker.engine.requests import ConversationRequest, TurnRequest
 
 
 def timed(times: dict, key: str, fn):

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from csm_worker import ConversationRequest, TurnRequest, load_csm_1b
-from csm_worker.engine import Engine
+from csm_worker.engine.engine import Engine
 
 CONVERSATIONS, TURNS, PROMPT_S, TURN_FRAMES = 64, 4, 10.0, 8
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from csm_worker.requests import RenderedTurn
+from csm_worker.engine.requests import RenderedTurn
 from jobs.storage.outputs import OutputWriter
 from jobs.status import job_status
 from jobs.storage import LocalStorage

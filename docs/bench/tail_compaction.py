@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
-from csm_worker.engine import Engine
+from csm_worker.engine.engine import Engine
 
 
 def conversations(batch: int) -> list[ConversationRequest]:
