@@ -19,6 +19,7 @@ from jobs.storage.run_lock import is_stale, read_holder
 from jobs.plan.spool import conversation_totals
 from jobs.storage import Storage
 
+SHOWN_QC = 10  # turns that failed the quality checks listed by `status`, the worst first
 READERS = 16  # metadata and commit records read at once by `status` (each a round trip on S3)
 
 
@@ -35,6 +36,7 @@ class JobStatus:
     failures: dict[str, str] = field(default_factory=dict)
     running: str | None = None  # the run holding OUT's lease, described (jobs/storage/run_lock.py)
     cast: list[dict] = field(default_factory=list)  # the job's voices (--voices), from the job record
+    qc_failed: list[tuple[str, int, str]] = field(default_factory=list)  # (conversation, turn, failed checks)
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
@@ -51,9 +53,17 @@ class JobStatus:
                      f"{pending(self.conversations_pending)} pending")
         lines.append(f"turns: {self.turns_done} done, {pending(self.turns_pending)} pending")
         lines.append(f"audio rendered: {self.audio_seconds / 3600:.3f} h ({self.audio_seconds:.1f} s)")
+        if self.qc_failed:
+            lines.append(f"quality: {len(self.qc_failed)} of {self.turns_done} turns failed the checks; the worst:")
+        for cid, idx, checks in self.worst_qc():
+            lines.append(f"QC {cid}/{idx}: {checks}")
         for cid, err in sorted(self.failures.items()):
             lines.append(f"FAILED {cid}: {err}")
         return "\n".join(lines)
+
+    def worst_qc(self, n: int = SHOWN_QC) -> list[tuple[str, int, str]]:
+        """The turns that failed the most checks first (then in conversation and turn order)."""
+        return sorted(self.qc_failed, key=lambda f: (-len(f[2].split(",")), f[0], f[1]))[:n]
 
 
 def job_status(storage: Storage, manifest_files: list[str] | None = None) -> JobStatus:
@@ -68,7 +78,7 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     committed = committed_turns(storage)
     finished = set(storage.iter_list("metadata/"))
     status.turns_done = sum(len(t) for t in committed.values())
-    status.audio_seconds = _audio_seconds(storage, committed, finished)
+    status.audio_seconds, status.qc_failed = _turn_stats(storage, committed, finished)
     for key in storage.list("failures/"):
         record = json.loads(storage.read_bytes(key))
         status.failures[record["conversation_id"]] = f"{record['error_type']}: {record['message']}"
@@ -91,25 +101,37 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     return status
 
 
-def _audio_seconds(storage: Storage, committed: dict[str, TurnSet], finished: set[str]) -> float:
-    """The committed turns' durations, each counted once: from a conversation's metadata file where it has one,
-    else (or for turns its file lacks) from the commit records. Files are read by a pool of threads: on S3 each
-    read is a round trip, and a large job has a file per conversation. `finished`: the metadata files' keys."""
+def _turn_stats(storage: Storage, committed: dict[str, TurnSet], finished: set[str]) -> tuple[float, list]:
+    """The committed turns' durations, each counted once, and those that failed the quality checks: from a
+    conversation's metadata file where it has one, else (or for turns its file lacks) from the commit records.
+    Files are read by a pool of threads: on S3 each read is a round trip, and a large job has a file per
+    conversation. `finished`: the metadata files' keys."""
     with ThreadPoolExecutor(READERS) as pool:
-        return sum(pool.map(partial(_conversation_seconds, storage, finished), committed.items()))
+        stats = list(pool.map(partial(_conversation_stats, storage, finished), committed.items()))
+    return sum(seconds for seconds, _ in stats), [f for _, failed in stats for f in failed]
 
 
-def _conversation_seconds(storage: Storage, finished: set[str], entry: tuple[str, TurnSet]) -> float:
+def _conversation_stats(storage: Storage, finished: set[str], entry: tuple[str, TurnSet]) -> tuple[float, list]:
     cid, turns = entry
-    seconds, covered = 0.0, set()
+    seconds, covered, failed = 0.0, set(), []
     if layout.metadata_key(cid) in finished:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(layout.metadata_key(cid))),
-                              columns=["turn_index", "duration_s"])
-        for idx, dur in zip(table.column("turn_index").to_pylist(), table.column("duration_s").to_pylist()):
-            if idx in turns and idx not in covered:
-                covered.add(idx)
-                seconds += dur
+        for row in _metadata_rows(storage.read_bytes(layout.metadata_key(cid))):
+            if row["turn_index"] in turns and row["turn_index"] not in covered:
+                covered.add(row["turn_index"])
+                seconds += row["duration_s"]
+                if row.get("qc_status") == "fail":
+                    failed.append((cid, row["turn_index"], row.get("qc_failed") or ""))
     for idx in turns:
         if idx not in covered:
-            seconds += json.loads(storage.read_bytes(layout.commit_key(cid, idx)))["duration_s"]
-    return seconds
+            record = json.loads(storage.read_bytes(layout.commit_key(cid, idx)))
+            seconds += record["duration_s"]
+            if record.get("qc_status") == "fail":
+                failed.append((cid, idx, record.get("qc_failed") or ""))
+    return seconds, failed
+
+
+def _metadata_rows(data: bytes) -> list[dict]:
+    """The columns status needs; files written before the quality checks existed have no qc columns."""
+    names = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+    wanted = [c for c in ("turn_index", "duration_s", "qc_status", "qc_failed") if c in names]
+    return pq.read_table(io.BytesIO(data), columns=wanted).to_pylist()

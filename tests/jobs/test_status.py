@@ -52,3 +52,35 @@ def test_a_complete_conversation_with_a_stale_failure_record_is_done(storage, wr
 
     assert (status.conversations_done, status.conversations_failed, status.conversations_pending) == (1, 1, 0)
     assert list(status.failures) == ["d"] and status.turns_pending == 1
+
+
+def test_turns_that_failed_the_quality_checks_are_counted_and_the_worst_listed(storage, writer):
+    from csm_worker.quality.checks import TurnQuality
+
+    def qc(cid, idx, *failed):
+        return writer.commit_turn(rendered(cid, idx), 0.9, 50, None, quality=TurnQuality(failed))
+
+    writer.write_metadata("a", [qc("a", 0), qc("a", 1, "too_slow"), qc("a", 2, "max_length", "trailing_silence")])
+    qc("b", 0, "clipping")  # no metadata yet: read from its commit record
+    writer.write_metadata("old", commit(writer, "old", {0: 1}))  # rows written without checks count as unchecked
+
+    status = job_status(storage)
+
+    assert sorted(status.qc_failed) == [("a", 1, "too_slow"), ("a", 2, "max_length,trailing_silence"),
+                                        ("b", 0, "clipping")]
+    lines = status.text().splitlines()
+    assert "quality: 3 of 5 turns failed the checks; the worst:" in lines
+    worst = [line for line in lines if line.startswith("QC ")]
+    assert worst == ["QC a/2: max_length,trailing_silence", "QC a/1: too_slow", "QC b/0: clipping"]
+
+
+def test_metadata_written_before_the_checks_existed_still_reads(storage, writer):
+    # An OUT from before the qc columns: status reads its durations and finds no failed checks.
+    rows = commit(writer, "legacy", {0: 2})
+    table = pa.Table.from_pylist(rows).drop_columns(["qc_status", "qc_failed", "qc_attempts"])
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    storage.write_bytes("metadata/legacy.parquet", buf.getvalue().to_pybytes())
+    status = job_status(storage)
+    assert status.turns_done == 1 and status.qc_failed == []
+    assert status.audio_seconds == pytest.approx(2 * SPF / 24_000)
