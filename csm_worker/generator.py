@@ -15,6 +15,7 @@ from . import backends
 from .engine import memory
 from .engine.engine import Engine
 from .engine.requests import ConversationDone, ConversationRequest, RenderedTurn, Segment, TurnRequest
+from .engine.retries import Judge
 from .model.codec import Codec
 from .model.loading import DEFAULT_MODEL, LoadedModel, dtype_for, load_pretrained, resolve_device
 from .model.model import CsmModel
@@ -49,10 +50,12 @@ class Generator:
         self.slot_budget = memory.auto_slots(self.model)
         return self.slot_budget.slots
 
-    def render(self, conversations: Iterable[ConversationRequest],
-               batch_size: int | None = None) -> Iterator[RenderedTurn | ConversationDone]:
-        """Batched API: many conversations, each rendered turn by turn with its earlier turns as context."""
-        return self.engine(batch_size).run(conversations)
+    def render(self, conversations: Iterable[ConversationRequest], batch_size: int | None = None,
+               judge: Judge | None = None, retries: int = 0) -> Iterator[RenderedTurn | ConversationDone]:
+        """Batched API: many conversations, each rendered turn by turn with its earlier turns as context.
+        `judge` (e.g. csm_worker.quality.judge.checks_judge()) and `retries`: a turn that fails is rendered again
+        before the next turn hears it (engine/retries.py)."""
+        return self.engine(batch_size).run(conversations, judge=judge, retries=retries)
 
     def generate(self, text: str, speaker: int, context: list[Segment] | None = None,
                  max_audio_length_ms: float = 90_000, temperature: float = 0.9, topk: int = 50,

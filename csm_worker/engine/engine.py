@@ -7,6 +7,9 @@
   never decoded and re-encoded to serve as context.
 - Window: when a turn would not fit in the backbone's window, the oldest rendered turns are dropped (given turns,
   the voice prompts, are kept) and the kept context is prefilled again once.
+- Retries (engine/retries.py): with a judge, a turn that fails it is sampled again before its conversation goes
+  on. Only that row rewinds, to the position after its turn's text (the cache before it is kept, the hidden state
+  there restored from a copy), while the other rows keep decoding.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..model.sampling import SamplingParams, effective
 from .prefix_cache import DEFAULT_BYTES as DEFAULT_PREFIX_BYTES
 from .prefix_cache import PrefixCache, chain_key
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
+from .retries import Attempts, Judge, attempt_seed
 from .static_step import StaticStep, row_bucket
 
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
@@ -69,7 +73,11 @@ class _Conversation:
 class _Turn:
     req: TurnRequest
     tokens: list[int]
+    start_pos: int  # the row's position after the turn's text: where its first frame goes
     frames: list[np.ndarray] = field(default_factory=list)
+    attempt: int = 1
+    attempts: Attempts = field(default_factory=Attempts)
+    h0: torch.Tensor | None = None  # the hidden state its first frame is sampled from (kept to retry; judged runs)
 
 
 class Engine:
@@ -96,7 +104,9 @@ class Engine:
         self.turns: list[_Turn | None] = [None] * batch_size
         self._sampling = [(1.0, 1, 0)] * batch_size  # (temperature, top_k, seed) per row
         self.stats = {"frames": 0, "steps": 0, "prefill_positions": 0, "prefix_positions_copied": 0,
-                      "rows_moved": 0}
+                      "rows_moved": 0, "retries": 0}
+        self.judge: Judge | None = None
+        self.retries = 0
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._to_prefill: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (embeddings, start position)
         self.static = self._static_step(static, graphs)
@@ -113,10 +123,15 @@ class Engine:
         return StaticStep(self.model, self.caches, self.h, runner)
 
     # -- driver loop ------------------------------------------------------------------------------------------
-    def run(self, conversations: Iterable[ConversationRequest]) -> Iterator[RenderedTurn | ConversationDone]:
+    def run(self, conversations: Iterable[ConversationRequest], judge: Judge | None = None,
+            retries: int = 0) -> Iterator[RenderedTurn | ConversationDone]:
         """Render every conversation; yields each RenderedTurn as it finishes and a ConversationDone per
         conversation. Conversations are pulled from the iterable only when a slot is free; the iterable may
-        yield None for "none ready yet" (a work queue fed from elsewhere), and the engine asks again later."""
+        yield None for "none ready yet" (a work queue fed from elsewhere), and the engine asks again later.
+        `judge`: every rendered attempt is judged (its audio decoded even without decode_audio); one that fails
+        is rendered again up to `retries` more times (not greedy turns: they would come out the same), and the
+        turn handed back is the attempt engine/retries.py keeps, with its verdict in `quality`."""
+        self.judge, self.retries = judge, max(0, int(retries)) if judge else 0
         self._reset()  # a caller that stopped iterating a previous run may have left rows occupied
         pending = iter(conversations)
         exhausted = False
@@ -191,10 +206,15 @@ class Engine:
         self.pos[row] += embeds.shape[0]
         self.stats["prefill_positions"] += embeds.shape[0]
         conv.history.append(new)
-        self.turns[row] = _Turn(req, tokens)
-        self._sampling[row] = (req.temperature, req.top_k, req.seed)
+        self.turns[row] = _Turn(req, tokens, start_pos=self.pos[row])
+        self._begin_attempt(row)
+
+    def _begin_attempt(self, row: int) -> None:
+        """Sample the row's turn from its start (its text already in the cache) with its attempt's seed."""
+        turn = self.turns[row]
+        self._sampling[row] = (turn.req.temperature, turn.req.top_k, attempt_seed(turn.req.seed, turn.attempt))
         if self.static:
-            self.static.start_turn(row, self.pos[row], *self._sampling[row])
+            self.static.start_turn(row, turn.start_pos, *self._sampling[row])
 
     def _load_prefix(self, row: int, conv: _Conversation) -> int:
         """Put the KV of the conversation's leading given turns (voice prompts) in the row's cache, span by span:
@@ -230,16 +250,37 @@ class Engine:
                 f"{conv.context_len + room} positions, more than the model's window of {self.model.window}"
             )
 
-    def _finish_turn(self, row: int, reason: str) -> RenderedTurn:
+    def _attempt(self, row: int, reason: str) -> RenderedTurn:
+        """The row's turn as this attempt rendered it."""
         conv, turn = self.convs[row], self.turns[row]
         frames = np.stack(turn.frames, axis=1) if turn.frames else np.zeros((32, 0), dtype=np.int64)
+        return RenderedTurn(conv.req.conversation_id, turn.req.turn_index, turn.req.speaker, turn.req.text,
+                            codes=frames, seed=turn.req.seed, end_reason=reason, tag=conv.req.tag,
+                            attempt=turn.attempt)
+
+    def _retry(self, row: int) -> None:
+        """Rewind the row to its turn's start for the next attempt: the cache up to there is the same context
+        (what the failed attempt wrote past it is rewritten before anything reads it), h its copy from then."""
+        turn = self.turns[row]
+        turn.attempt += 1
+        turn.frames = []
+        self.pos[row] = turn.start_pos
+        self.h[row] = turn.h0
+        self._begin_attempt(row)
+        self.stats["retries"] += 1
+
+    def _finish_turn(self, row: int, kept: RenderedTurn) -> RenderedTurn:
+        conv, turn = self.convs[row], self.turns[row]
         # The turn's span (its text is already in history) gains its frames and the EOS frame, as context.
-        conv.history[-1] = span_for(turn.tokens, frames, given=False, device=self.model.device)
+        conv.history[-1] = span_for(turn.tokens, kept.codes, given=False, device=self.model.device)
+        if kept.attempt != turn.attempt:
+            # The cache holds the last attempt's frames: the kept one's are prefilled with the next turn instead.
+            self.pos[row] = turn.start_pos
         conv.next_turn += 1
         conv.rendered += 1
         self.turns[row] = None
-        return RenderedTurn(conv.req.conversation_id, turn.req.turn_index, turn.req.speaker, turn.req.text,
-                            codes=frames, seed=turn.req.seed, end_reason=reason, tag=conv.req.tag)
+        kept.attempts = turn.attempts.count
+        return kept
 
     # -- one decode step for every active row -----------------------------------------------------------------
     def _flush_prefills(self) -> None:
@@ -256,6 +297,9 @@ class Engine:
                 run.append(rows.pop(0))
             embeds, starts = zip(*(self._to_prefill[r] for r in run))
             self.h[run[0] : run[-1] + 1] = self.model.prefill(self.caches, run[0], list(embeds), list(starts))
+            if self.retries:
+                for r in run:
+                    self.turns[r].h0 = self.h[r].clone()
         self._to_prefill = {}
 
     def _step(self) -> Iterator[RenderedTurn | ConversationDone]:
@@ -269,7 +313,7 @@ class Engine:
         codes_np = codes_np[:hi].to("cpu", copy=True).numpy()
         eos = (codes_np == self.model.eos_code).all(axis=1)  # one numpy call, not one per row (512 on a GPU)
         self.stats["steps"] += 1
-        finished, ended_rows = [], []
+        ended = []  # (row, end reason) of the turns whose attempt ended in this step
         for r in range(hi):
             turn = self.turns[r]
             if turn is None:
@@ -283,12 +327,28 @@ class Engine:
                 if len(turn.frames) < turn.req.max_frames:
                     continue
                 reason = "max_length"
-            finished.append(self._finish_turn(r, reason))
-            ended_rows.append(r)
-        self._attach_audio(finished)
-        yield from finished
-        for r in ended_rows:
+            ended.append((r, reason))
+        finished = self._settle(ended)
+        yield from (turn for _, turn in finished)
+        for r, _ in finished:
             yield from self._advance(r)
+
+    def _settle(self, ended: list[tuple[int, str]]) -> list[tuple[int, RenderedTurn]]:
+        """Judge the attempts that just ended; rewind the rows whose attempt failed and may try again, finish
+        the others with the attempt they keep. Returns (row, turn) of the finished ones."""
+        attempts = [self._attempt(r, reason) for r, reason in ended]
+        self._attach_audio(attempts)
+        verdicts = self.judge(attempts) if self.judge and attempts else [None] * len(attempts)
+        finished = []
+        for (r, _), attempt, verdict in zip(ended, attempts, verdicts):
+            turn = self.turns[r]
+            turn.attempts.add(attempt, verdict)
+            if verdict is not None and not verdict.passed and turn.attempts.count <= self.retries \
+                    and effective(turn.req.temperature, turn.req.top_k)[1] > 1:
+                self._retry(r)
+            else:
+                finished.append((r, self._finish_turn(r, turn.attempts.best)))
+        return finished
 
     def _active_rows(self) -> list[int]:
         return [r for r in range(self.batch_size) if self.turns[r] is not None]
@@ -341,7 +401,7 @@ class Engine:
         return codes
 
     def _attach_audio(self, finished: list[RenderedTurn]) -> None:
-        if not self.decode_audio or not finished:
+        if not (self.decode_audio or self.judge) or not finished:
             return
         for turn, audio in zip(finished, self.codec.decode_many([t.codes for t in finished])):
             turn.audio = audio

@@ -67,6 +67,9 @@ class RenderedTurn:
     audio: np.ndarray | None = None  # float32 at sample_rate, filled when the engine decodes audio
     sample_rate: int = 24_000
     tag: Any = None
+    attempt: int = 1  # which attempt this is (engine/retries.py: later ones sample with a seed derived from `seed`)
+    attempts: int = 1  # how many attempts the engine rendered before handing this one back
+    quality: Any = None  # the judge's verdict on this attempt (None: no judge)
 
     @property
     def num_frames(self) -> int:

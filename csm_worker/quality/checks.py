@@ -49,6 +49,11 @@ class TurnQuality:
     def passed(self) -> bool:
         return not self.failed
 
+    @property
+    def badness(self) -> float:
+        """How many checks failed: the attempt with fewest is kept when none passes (engine/retries.py)."""
+        return float(len(self.failed))
+
 
 CHECKS = ("non_finite", "max_length", "mostly_silence", "inner_silence", "trailing_silence", "too_fast",
           "too_slow", "clipping")
