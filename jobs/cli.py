@@ -129,6 +129,12 @@ _JOB_OPTIONS = [
     click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
                  "their own seed derive one from it, the conversation and the turn index."),
     click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew."),
+    click.option("--qc-retries", default=2, show_default=True, type=click.IntRange(0, 10),
+                 help="A turn that fails the quality checks is rendered again up to this many more times (another "
+                      "seed, derived from its own) before the next turn hears it; the best attempt is kept."),
+    click.option("--qc-threshold", "qc_thresholds", multiple=True, metavar="NAME=VALUE",
+                 help="Override one quality-check threshold (repeatable); the names and defaults are in the "
+                      "README's Quality checks."),
     click.option("--voices", default=None, help="The job's cast: a Parquet file or folder (local or s3://) of "
                  "speaker, text, audio[, name, order] rows; each conversation starts with its speakers' prompts."),
 ]
@@ -157,7 +163,8 @@ def job_options(command):
               help="--export's conversations and captions: silence after a turn whose row has no pause_ms.")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, if_busy, address, audio_format, temperature, top_k,
-        max_audio_length_ms, seed, new_run, voices, export_kinds, export_format, export_loudness, export_pause_ms, backend) -> None:
+        max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, voices, export_kinds, export_format,
+        export_loudness, export_pause_ms, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.cluster.feeder import FeederLost
     from jobs.storage.jobrecord import JobMismatch
@@ -178,7 +185,8 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     lock_wait_s=lock_wait_s,
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     voices=voices, backend=backend,
-                    defaults=Defaults(temperature, top_k, max_audio_length_ms, seed))
+                    defaults=Defaults(temperature, top_k, max_audio_length_ms, seed),
+                    qc=_qc_options(qc_retries, qc_thresholds))
     cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
     cfg.export_options = _export_options(cfg.export, export_format, export_loudness, export_pause_ms)
     try:
@@ -206,6 +214,16 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
         _fail("interrupted: committed turns are kept; run the same command again to resume", EXIT_INTERRUPTED)
     click.echo(summary.text())
     sys.exit(summary.exit_code)
+
+
+def _qc_options(retries: int, thresholds: tuple[str, ...]):
+    """--qc-retries and --qc-threshold, checked before anything is written (exit 2 for a bad threshold)."""
+    from jobs.qc_options import QcOptionError, QcOptions, parse_thresholds
+
+    try:
+        return QcOptions(retries, parse_thresholds(thresholds))
+    except QcOptionError as e:
+        _fail(str(e))
 
 
 def _check_cluster_access(address: str | None) -> None:
@@ -269,6 +287,7 @@ def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
     from jobs.redact import redact
     from jobs.cluster.submit import follow, submit as submit_job
 
+    _qc_options(ctx.params["qc_retries"], ctx.params["qc_thresholds"])  # a bad threshold: exit 2, nothing sent
     try:
         job = submit_job(address, _run_args(ctx), submission_id, upload=not no_upload)
     except Exception as e:  # refused, unreachable, a proxy's 502, a malformed address: Ray raises many kinds
@@ -303,6 +322,9 @@ def _run_args(ctx: click.Context) -> list[str]:
             continue
         if param.name in ("out", "voices"):
             value = cluster_path(value)
+        if getattr(param, "multiple", False):
+            args += [part for item in value for part in (param.opts[0], str(item))]
+            continue
         args += [param.opts[0]] if getattr(param, "is_flag", False) else [param.opts[0], str(value)]
     return args
 

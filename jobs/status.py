@@ -37,6 +37,8 @@ class JobStatus:
     running: str | None = None  # the run holding OUT's lease, described (jobs/storage/run_lock.py)
     cast: list[dict] = field(default_factory=list)  # the job's voices (--voices), from the job record
     qc_failed: list[tuple[str, int, str]] = field(default_factory=list)  # (conversation, turn, failed checks)
+    qc_retried: int = 0  # turns rendered more than once because an attempt failed the checks
+    qc_rescued: int = 0  # of those, the turns whose kept attempt passed
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
@@ -53,6 +55,9 @@ class JobStatus:
                      f"{pending(self.conversations_pending)} pending")
         lines.append(f"turns: {self.turns_done} done, {pending(self.turns_pending)} pending")
         lines.append(f"audio rendered: {self.audio_seconds / 3600:.3f} h ({self.audio_seconds:.1f} s)")
+        if self.qc_retried:
+            lines.append(f"re-rendered: {self.qc_retried} turns failed a first attempt; {self.qc_rescued} of them "
+                         "passed on a later one")
         if self.qc_failed:
             lines.append(f"quality: {len(self.qc_failed)} of {self.turns_done} turns failed the checks; the worst:")
         for cid, idx, checks in self.worst_qc():
@@ -78,7 +83,8 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     committed = committed_turns(storage)
     finished = set(storage.iter_list("metadata/"))
     status.turns_done = sum(len(t) for t in committed.values())
-    status.audio_seconds, status.qc_failed = _turn_stats(storage, committed, finished)
+    status.audio_seconds, status.qc_failed, status.qc_retried, status.qc_rescued = \
+        _turn_stats(storage, committed, finished)
     for key in storage.list("failures/"):
         record = json.loads(storage.read_bytes(key))
         status.failures[record["conversation_id"]] = f"{record['error_type']}: {record['message']}"
@@ -101,37 +107,35 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     return status
 
 
-def _turn_stats(storage: Storage, committed: dict[str, TurnSet], finished: set[str]) -> tuple[float, list]:
-    """The committed turns' durations, each counted once, and those that failed the quality checks: from a
-    conversation's metadata file where it has one, else (or for turns its file lacks) from the commit records.
-    Files are read by a pool of threads: on S3 each read is a round trip, and a large job has a file per
-    conversation. `finished`: the metadata files' keys."""
+def _turn_stats(storage: Storage, committed: dict[str, TurnSet], finished: set[str]) -> tuple[float, list, int, int]:
+    """The committed turns' durations, each counted once, those that failed the quality checks, and how many
+    were re-rendered and passed then: from a conversation's metadata file where it has one, else (or for turns
+    its file lacks) from the commit records. Files are read by a pool of threads: on S3 each read is a round
+    trip, and a large job has a file per conversation. `finished`: the metadata files' keys."""
     with ThreadPoolExecutor(READERS) as pool:
         stats = list(pool.map(partial(_conversation_stats, storage, finished), committed.items()))
-    return sum(seconds for seconds, _ in stats), [f for _, failed in stats for f in failed]
+    return (sum(s[0] for s in stats), [f for s in stats for f in s[1]], sum(s[2] for s in stats),
+            sum(s[3] for s in stats))
 
 
-def _conversation_stats(storage: Storage, finished: set[str], entry: tuple[str, TurnSet]) -> tuple[float, list]:
+def _conversation_stats(storage: Storage, finished: set[str], entry: tuple[str, TurnSet]) -> tuple:
     cid, turns = entry
-    seconds, covered, failed = 0.0, set(), []
+    rows = {}
     if layout.metadata_key(cid) in finished:
         for row in _metadata_rows(storage.read_bytes(layout.metadata_key(cid))):
-            if row["turn_index"] in turns and row["turn_index"] not in covered:
-                covered.add(row["turn_index"])
-                seconds += row["duration_s"]
-                if row.get("qc_status") == "fail":
-                    failed.append((cid, row["turn_index"], row.get("qc_failed") or ""))
+            if row["turn_index"] in turns:
+                rows.setdefault(row["turn_index"], row)
     for idx in turns:
-        if idx not in covered:
-            record = json.loads(storage.read_bytes(layout.commit_key(cid, idx)))
-            seconds += record["duration_s"]
-            if record.get("qc_status") == "fail":
-                failed.append((cid, idx, record.get("qc_failed") or ""))
-    return seconds, failed
+        if idx not in rows:
+            rows[idx] = json.loads(storage.read_bytes(layout.commit_key(cid, idx)))
+    failed = [(cid, idx, row.get("qc_failed") or "") for idx, row in rows.items() if row.get("qc_status") == "fail"]
+    retried = [row for row in rows.values() if (row.get("qc_attempts") or 1) > 1]
+    return (sum(row["duration_s"] for row in rows.values()), failed, len(retried),
+            sum(row.get("qc_status") == "pass" for row in retried))
 
 
 def _metadata_rows(data: bytes) -> list[dict]:
     """The columns status needs; files written before the quality checks existed have no qc columns."""
     names = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
-    wanted = [c for c in ("turn_index", "duration_s", "qc_status", "qc_failed") if c in names]
+    wanted = [c for c in ("turn_index", "duration_s", "qc_status", "qc_failed", "qc_attempts") if c in names]
     return pq.read_table(io.BytesIO(data), columns=wanted).to_pylist()

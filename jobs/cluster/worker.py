@@ -13,13 +13,14 @@ from typing import Protocol
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
-from csm_worker.quality.checks import check_turn
+from csm_worker.quality.judge import checks_judge
 
 from jobs.manifests.voices import Cast
 from jobs.storage.jobrecord import read_job_record
 from jobs.model_source import local_model
 from jobs.storage.outputs import OutputWriter
 from jobs.plan.order import Defaults, WorkItem, settings_for
+from jobs.qc_options import QcOptions
 from jobs.storage import ObjectExists, open_storage
 from jobs.storage.write_queue import WriteQueue
 
@@ -40,7 +41,7 @@ class RenderWorker:
     def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None,
                  batch_size: int | str = 8,
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None,
-                 cast: Cast | None = None, backend: str | None = None):
+                 cast: Cast | None = None, backend: str | None = None, qc: QcOptions = QcOptions()):
         self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype, backend=backend)
         self.cast = cast
         self._prompt_audio: dict[str, object] = {}  # the cast's recordings, read once per worker
@@ -50,6 +51,7 @@ class RenderWorker:
         self.s3_endpoint_url = s3_endpoint_url
         self.defaults = defaults
         self.batch_size = batch_size
+        self.qc = qc
 
     def info(self) -> dict:
         budget = getattr(self.generator, "slot_budget", None)  # set when --batch-size auto sized it from memory
@@ -68,7 +70,11 @@ class RenderWorker:
         writes = WriteQueue(max_pending=max(16, 2 * self.batch_size))
         try:
             requests = self._requests(feed, state)
-            for event in self.generator.render(requests, batch_size=self.batch_size):
+            # Every turn is checked, and a failed one rendered again, before the next turn hears it; a turn is
+            # committed once, as the attempt the engine kept (csm_worker/engine/retries.py).
+            judge = checks_judge(self.qc.thresholds())
+            for event in self.generator.render(requests, batch_size=self.batch_size, judge=judge,
+                                               retries=self.qc.retries):
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):
                     writes.submit(cid, partial(self._commit, state[cid], event, feed))
@@ -189,8 +195,7 @@ class RenderWorker:
         s = settings_for(spec, self.defaults)
         try:
             row = self.writer.commit_turn(turn, s["temperature"], s["top_k"], spec.pause_ms,
-                                          voice=self._voice_of(progress, turn.speaker),
-                                          quality=check_turn(turn.audio, turn.sample_rate, turn.text, turn.end_reason))
+                                          voice=self._voice_of(progress, turn.speaker))
         except ObjectExists as e:  # someone else committed this turn: the conversation is theirs now
             progress.superseded = True
             progress.error = (type(e).__name__, f"turn {turn.turn_index}: {e}")

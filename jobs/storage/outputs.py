@@ -45,10 +45,12 @@ METADATA_SCHEMA = pa.schema([
     ("rendered_at", pa.string()),
     ("voice_name", pa.string()),  # the cast voice (--voices) the turn was conditioned on; null without one
     ("voice_hash", pa.string()),
-    # The always-on checks (csm_worker/quality): "pass", "fail" or "unchecked"; the failed checks, comma-separated;
-    # the attempts the turn took (1 until failed turns are re-rendered).
+    # The always-on checks (csm_worker/quality) of the attempt kept: "pass", "fail" or "unchecked"; the failed
+    # checks, comma-separated; which attempt was kept (attempt n > 1 sampled with csm_worker.engine.retries
+    # .attempt_seed(seed, n)) and how many were rendered.
     ("qc_status", pa.string()),
     ("qc_failed", pa.string()),
+    ("qc_attempt", pa.int32()),
     ("qc_attempts", pa.int32()),
 ])
 
@@ -61,10 +63,10 @@ class OutputWriter:
         self.model = model
 
     def commit_turn(self, turn: RenderedTurn, temperature: float, top_k: int, pause_ms: int | None,
-                    voice: tuple[str | None, str | None] = (None, None), quality: TurnQuality | None = None,
-                    attempts: int = 1) -> dict:
+                    voice: tuple[str | None, str | None] = (None, None)) -> dict:
         """Write audio, codes, then the commit record; returns the metadata row. `voice`: (name, hash) of the
-        cast voice the turn was conditioned on; `quality`: the turn's checks (None: unchecked)."""
+        cast voice the turn was conditioned on. The turn's checks are its `quality` (None: unchecked), of the
+        attempt `attempt` of the `attempts` the engine rendered."""
         cid, idx = turn.conversation_id, turn.turn_index
         if self.storage.exists(layout.commit_key(cid, idx)):
             # Only a worker that outlived its lease gets here (its node cut off, its run taken over): the turn is
@@ -88,7 +90,7 @@ class OutputWriter:
             "num_frames": turn.num_frames, "end_reason": turn.end_reason, "seed": int(turn.seed),
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
             "sha256": audio_sha256(data), "rendered_at": layout.timestamp(),
-            "voice_name": voice[0], "voice_hash": voice[1], **qc_columns(quality, attempts),
+            "voice_name": voice[0], "voice_hash": voice[1], **qc_columns(turn.quality, turn.attempt, turn.attempts),
         }
         # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
         # that finds our own record (its first response was lost) counts as done.
@@ -128,11 +130,12 @@ class OutputWriter:
         self.storage.delete(layout.failure_key(conversation_id))
 
 
-def qc_columns(quality: TurnQuality | None, attempts: int) -> dict:
+def qc_columns(quality: TurnQuality | None, attempt: int, attempts: int) -> dict:
+    counts = {"qc_attempt": attempt, "qc_attempts": attempts}
     if quality is None:
-        return {"qc_status": "unchecked", "qc_failed": None, "qc_attempts": attempts}
+        return {"qc_status": "unchecked", "qc_failed": None, **counts}
     return {"qc_status": "pass" if quality.passed else "fail", "qc_failed": ",".join(quality.failed) or None,
-            "qc_attempts": attempts}
+            **counts}
 
 
 def committed_turns(storage: Storage, conversation_id: str | None = None) -> dict[str, TurnSet]:

@@ -34,6 +34,8 @@ import soundfile as sf
 from jobs.storage import layout
 from jobs.storage import TMP_PREFIX
 
+from .qc_faults import hook_env
+
 pytestmark = pytest.mark.slow
 
 SAMPLE_RATE = 24_000
@@ -54,10 +56,12 @@ _RNG = random.Random(20261125)
 class Trial:
     name: str
     # "job-record": after job.json appears (before any commit); "commit": after the first commit record appears;
-    # "temp-file": after the first commit, once a write is in flight (a temp file exists)
+    # "temp-file": after the first commit, once a write is in flight (a temp file exists); "retry": after the first
+    # commit, once a turn that failed the quality checks is being rendered again
     trigger: str
     delay_s: float  # seconds from the trigger to the kill (drawn from the seeded RNG above)
     slow_rename_s: float = 0.0  # > 0: every temp-file rename of the killed run sleeps this long first
+    slow_retry_s: float = 0.0  # > 0: every re-render of the killed run marks a file, then sleeps this long first
 
 
 TRIALS = [
@@ -66,6 +70,9 @@ TRIALS = [
     Trial("after-commit-b", "commit", round(_RNG.uniform(0.0, 1.5), 3)),
     # The delay stays well inside the slowed rename, so the kill lands while that temp file exists.
     Trial("mid-write", "temp-file", round(_RNG.uniform(0.0, 0.1), 3), slow_rename_s=0.3),
+    # Random weights fail the quality checks on every turn, so each turn is rendered 1 + 2 times: this kill lands
+    # inside one of those re-renders (tests/jobs/qc_faults.py), which nothing committed yet.
+    Trial("mid-retry", "retry", round(_RNG.uniform(0.0, 0.2), 3), slow_retry_s=0.4),
 ]
 
 
@@ -303,6 +310,10 @@ def run_trial(trial: Trial, manifest: Path, root: Path) -> Outcome:
         (hook / "sitecustomize.py").write_text(SLOW_RENAME)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
         env["CSM_TEST_SLOW_RENAME_S"] = str(trial.slow_rename_s)
+    mark = root / "retry-mark"
+    if trial.slow_retry_s:
+        env = hook_env(root / "retry-hook", env, CSM_TEST_RETRY_MARK=str(mark),
+                       CSM_TEST_RETRY_SLEEP_S=str(trial.slow_retry_s))
     outcome = Outcome(trial, out, command)
     proc = subprocess.Popen(command, cwd=root, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -315,6 +326,9 @@ def run_trial(trial: Trial, manifest: Path, root: Path) -> Outcome:
         if trial.trigger == "temp-file":
             _wait_for(proc, lambda: bool(temp_names(p.relative_to(out).as_posix() for p in out.rglob("*"))),
                       "write in flight")
+        if trial.trigger == "retry":
+            mark.unlink(missing_ok=True)  # a re-render that starts after the first commit
+            _wait_for(proc, mark.exists, "re-render after the first commit")
         time.sleep(trial.delay_s)
         outcome.commits_at_kill = _count_commits(out)
     finally:
@@ -443,7 +457,9 @@ def test_all_trials_end_with_identical_renders(outcomes):
             np.testing.assert_array_equal(codes[key], value, err_msg=f"{name} vs {reference_name}: {key}")
         rows = {(r["conversation_id"], r["turn_index"]): r for r in metadata_rows(files)}
         for key, row in ref_rows.items():
-            for column in ("seed", "num_frames", "num_samples", "end_reason", "temperature", "top_k"):
+            # The same attempt kept, wherever the kill landed: a resumed turn draws the same attempts.
+            for column in ("seed", "num_frames", "num_samples", "end_reason", "temperature", "top_k", "qc_status",
+                           "qc_failed", "qc_attempt", "qc_attempts"):
                 assert rows[key][column] == row[column], f"{name} vs {reference_name}: {key} {column}"
         assert_same_audio(files, reference)
 

@@ -65,12 +65,17 @@ def test_commit_turn_writes_audio_codes_and_record(storage, writer):
 def test_a_turns_checks_are_recorded_in_its_row_and_commit(writer):
     from csm_worker.quality.checks import TurnQuality
 
-    failed = writer.commit_turn(rendered("c", 0), 0.9, 50, None,
-                                quality=TurnQuality(("max_length", "too_slow")), attempts=3)
-    passed = writer.commit_turn(rendered("c", 1), 0.9, 50, None, quality=TurnQuality(()))
-    assert (failed["qc_status"], failed["qc_failed"], failed["qc_attempts"]) == ("fail", "max_length,too_slow", 3)
-    assert (passed["qc_status"], passed["qc_failed"], passed["qc_attempts"]) == ("pass", None, 1)
+    retried = rendered("c", 0)
+    retried.quality, retried.attempt, retried.attempts = TurnQuality(("max_length", "too_slow")), 2, 3
+    ok = rendered("c", 1)
+    ok.quality = TurnQuality(())
+    failed, passed = writer.commit_turn(retried, 0.9, 50, None), writer.commit_turn(ok, 0.9, 50, None)
+    assert (failed["qc_status"], failed["qc_failed"], failed["qc_attempt"], failed["qc_attempts"]) == \
+        ("fail", "max_length,too_slow", 2, 3)
+    assert (passed["qc_status"], passed["qc_failed"], passed["qc_attempt"], passed["qc_attempts"]) == \
+        ("pass", None, 1, 1)
     assert writer.read_commit("c", 0)["qc_failed"] == "max_length,too_slow"
+    assert failed["seed"] == retried.seed  # the turn's own seed: the attempt says which one derived from it
 
 
 def test_commit_record_is_written_last_and_create_only(storage, writer, monkeypatch):

@@ -57,19 +57,25 @@ def test_a_complete_conversation_with_a_stale_failure_record_is_done(storage, wr
 def test_turns_that_failed_the_quality_checks_are_counted_and_the_worst_listed(storage, writer):
     from csm_worker.quality.checks import TurnQuality
 
-    def qc(cid, idx, *failed):
-        return writer.commit_turn(rendered(cid, idx), 0.9, 50, None, quality=TurnQuality(failed))
+    def qc(cid, idx, *failed, attempts=1):
+        turn = rendered(cid, idx)
+        turn.quality, turn.attempts = TurnQuality(failed), attempts
+        return writer.commit_turn(turn, 0.9, 50, None)
 
-    writer.write_metadata("a", [qc("a", 0), qc("a", 1, "too_slow"), qc("a", 2, "max_length", "trailing_silence")])
+    writer.write_metadata("a", [qc("a", 0, attempts=2), qc("a", 1, "too_slow", attempts=3),
+                                qc("a", 2, "max_length", "trailing_silence")])
     qc("b", 0, "clipping")  # no metadata yet: read from its commit record
+    qc("b", 1, attempts=2)
     writer.write_metadata("old", commit(writer, "old", {0: 1}))  # rows written without checks count as unchecked
 
     status = job_status(storage)
 
     assert sorted(status.qc_failed) == [("a", 1, "too_slow"), ("a", 2, "max_length,trailing_silence"),
                                         ("b", 0, "clipping")]
+    assert (status.qc_retried, status.qc_rescued) == (3, 2)  # a/0 and b/1 passed on a later attempt, a/1 never
     lines = status.text().splitlines()
-    assert "quality: 3 of 5 turns failed the checks; the worst:" in lines
+    assert "quality: 3 of 6 turns failed the checks; the worst:" in lines
+    assert "re-rendered: 3 turns failed a first attempt; 2 of them passed on a later one" in lines
     worst = [line for line in lines if line.startswith("QC ")]
     assert worst == ["QC a/2: max_length,trailing_silence", "QC a/1: too_slow", "QC b/0: clipping"]
 
