@@ -378,9 +378,11 @@ def status(out, manifests, s3_endpoint_url) -> None:
 @click.option("--split-by-conversation", "validation_fraction", default=0.0, type=float,
               help="hf: the share of conversations (0-1) in a validation split.")
 @click.option("--license", "license_id", default=None, help="hf: the dataset card's license (default: the model's).")
+@click.option("--include-failed-qc", is_flag=True, help="hf, webdataset: keep the turns that failed the quality "
+              "checks (flagged in qc_status); by default the datasets hold only passed turns.")
 @click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// OUT or DEST.")
 def export(out, kinds, dest, audio_format, pause_ms, fade_ms, loudness_lufs, true_peak_db, include_given,
-           manifests, max_shard_mb, validation_fraction, license_id, s3_endpoint_url) -> None:
+           manifests, max_shard_mb, validation_fraction, license_id, include_failed_qc, s3_endpoint_url) -> None:
     """Make finished deliverables from OUT (never changing it): one audio file and captions per conversation,
     a Hugging Face dataset, webdataset shards. Exports what is complete, even while the job runs; a re-run
     redoes only what changed. Exit 0 done, 1 some conversations could not be exported, 2 bad request."""
@@ -391,7 +393,8 @@ def export(out, kinds, dest, audio_format, pause_ms, fade_ms, loudness_lufs, tru
         opts = ExportOptions(kinds=parse_kinds(kinds), audio_format=audio_format, pause_ms=pause_ms,
                              fade_ms=fade_ms, include_given=include_given, loudness_lufs=loudness_lufs,
                              true_peak_db=true_peak_db, max_shard_mb=max_shard_mb,
-                             validation_fraction=validation_fraction, license=license_id, manifests=manifests)
+                             validation_fraction=validation_fraction, license=license_id, manifests=manifests,
+                             include_failed_qc=include_failed_qc)
         with _clear_errors():
             view, target = prepare(out, dest, opts, s3_endpoint_url)
             summary = export_job(view, target, opts)

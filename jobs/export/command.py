@@ -30,7 +30,8 @@ from jobs.export.shard_plan import plan_shards, recorded_keys, short, usable_ent
 from jobs.export.shards import remove_stale
 from jobs.export.webdataset_shards import TarShards, sample_files, sample_key
 
-DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license"), "webdataset": ("max_shard_mb",)}
+DATASET_SETTINGS = {"hf": ("max_shard_mb", "validation_fraction", "license", "include_failed_qc"),
+                    "webdataset": ("max_shard_mb", "include_failed_qc")}
 _SHOWN = 10  # conversations named per line of the summary
 TEMP_MAX_AGE_S = 3600.0  # an export's temporary file this old was left by a killed export, not one still going
 DATASETS_LOCK_WAIT_S = 150.0  # for another export's dataset pass to end (or its lease to expire), then exit 2
@@ -99,6 +100,7 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
     with tempfile.TemporaryDirectory(prefix="csm-render-export-") as scratch:
         digests = {k: _dataset_digest(k, opts, view) for k in dataset_kinds}
         sources: dict[str, str] = {}  # conversation -> short metadata hash, for the datasets' shard plans
+        qc_failed = 0  # turns of the exported conversations that failed the quality checks
         for item in iter_conversations(view, scan.complete, given):
             if isinstance(item, ExportError):
                 summary.errors[item.conversation_id] = str(item)
@@ -107,6 +109,7 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
                 summary.complete += 1
                 sources[item.conversation_id] = short(item.source)
                 _hash_conversation(digests, item.conversation_id, sources[item.conversation_id])
+                qc_failed += sum(1 for r in item.rows if failed_qc(r))
         if dataset_kinds:
             with _datasets_lock(dest) as guard:
                 stale = [k for k in dataset_kinds
@@ -115,7 +118,8 @@ def export_job(view: JobView, dest: Storage, opts: ExportOptions) -> ExportSumma
                     if kind not in stale:
                         summary.datasets[kind] = "already up to date"
                 if stale:
-                    _write_datasets(view, dest, opts, stale, sources, scratch, summary, guard)
+                    qc = {"include_failed": opts.include_failed_qc, "failed_turns": qc_failed}
+                    _write_datasets(view, dest, opts, stale, sources, scratch, summary, guard, qc)
                 # Also when up to date: a kill after a record may have left files it does not name, or the
                 # card of a build that never got its record.
                 guard()
@@ -172,10 +176,17 @@ def export_one(view: JobView, dest: Storage, conv, opts: ExportOptions, scratch:
     return True
 
 
+def failed_qc(row: dict) -> bool:
+    """Whether a metadata row's turn failed the quality checks (rows from before the checks have no qc_status)."""
+    return row.get("qc_status") == "fail"
+
+
 def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
-                    scratch: str, summary: ExportSummary, guard) -> None:
+                    scratch: str, summary: ExportSummary, guard, qc: dict) -> None:
     """The stale dataset kinds: their unchanged shards kept, new shards for the rest, then each record (the
-    caller then removes the shards no record names). `guard()` before each write: the lease is still ours."""
+    caller then removes the shards no record names). `guard()` before each write: the lease is still ours.
+    Turns that failed the quality checks are left out unless opts.include_failed_qc; `qc` goes in the records
+    (the card says what was left out)."""
     max_bytes = int(opts.max_shard_mb * 1024 * 1024)
     hf, tars = _dataset_writers(view, dest, opts, kinds, sources, scratch, max_bytes, guard)
     writers = [w for w in (hf, tars) if w]
@@ -187,18 +198,19 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
             seen.add(conv.conversation_id)
             if isinstance(conv, ExportError) or conv.conversation_id in summary.errors:
                 continue
+            rows = [r for r in conv.rows if opts.include_failed_qc or not failed_qc(r)]
             try:
-                audio = [view.audio_bytes(r) for r in conv.rows]
-                for row, data in zip(conv.rows, audio):
+                audio = [view.audio_bytes(r) for r in rows]
+                for row, data in zip(rows, audio):
                     view.audio_pcm(row, data)  # decodes and matches its row: a bad file leaves the whole out
             except (ExportError, FileNotFoundError) as e:
                 summary.errors[conv.conversation_id] = str(e)
                 continue
             if hf and hf.wants(conv.conversation_id):
-                hf.add_conversation(conv.rows, audio, conv.source)
+                hf.add_conversation(rows, audio, conv.source)
             if tars and tars.wants(conv.conversation_id):
                 tars.add_conversation(conv.conversation_id, conv.source,
-                                      [(sample_key(row), sample_files(row, data)) for row, data in zip(conv.rows, audio)])
+                                      [(sample_key(row), sample_files(row, data)) for row, data in zip(rows, audio)])
     except BaseException:
         for writer in writers:
             writer.abort()
@@ -215,19 +227,19 @@ def _write_datasets(view: JobView, dest: Storage, opts: ExportOptions, kinds: li
         splits = hf.finish()
         guard()
         _write_record(dest, "hf", digests["hf"].hexdigest(), {
-            "settings": settings["hf"], "splits": splits, "conversations": conversations})
+            "settings": settings["hf"], "splits": splits, "conversations": conversations, "qc": qc})
         rows = sum(c["rows"] for c in splits.values())
         shards = sum(len(c["shards"]) for c in splits.values())
         summary.datasets["hf"] = f"{rows} turns of {conversations} conversations in {shards} shard(s)" + \
-            _reuse(sum(len(hf.plans[s].kept) for s in SPLITS))
+            _reuse(sum(len(hf.plans[s].kept) for s in SPLITS)) + _left_out(qc)
     if tars:
         entries = tars.finish()
         guard()
         _write_record(dest, "webdataset", digests["webdataset"].hexdigest(), {
             "settings": settings["webdataset"], "shards": entries, "samples": tars.samples,
-            "conversations": conversations})
+            "conversations": conversations, "qc": qc})
         summary.datasets["webdataset"] = f"{tars.samples} samples of {conversations} conversations in " \
-                                         f"{len(entries)} shard(s)" + _reuse(len(tars.plan.kept))
+                                         f"{len(entries)} shard(s)" + _reuse(len(tars.plan.kept)) + _left_out(qc)
 
 
 def _dataset_writers(view: JobView, dest: Storage, opts: ExportOptions, kinds: list[str], sources: dict[str, str],
@@ -263,7 +275,8 @@ def _write_card(view: JobView, dest: Storage, opts: ExportOptions) -> None:
         return
     license_id = opts.license or license_for(view.fingerprint.get("model", ""))
     counts = {s: {k: record["splits"].get(s, {}).get(k, 0) for k in ("rows", "seconds", "bytes")} for s in SPLITS}
-    card = dataset_card(counts, view.fingerprint, license_id, record.get("conversations", 0)).encode()
+    card = dataset_card(counts, view.fingerprint, license_id, record.get("conversations", 0),
+                        record.get("qc")).encode()
     key = f"{hf_dataset.PREFIX}README.md"
     try:
         if dest.read_bytes(key) == card:
@@ -300,6 +313,12 @@ def _recorded(dest: Storage, kind: str) -> list[str] | None:
 def _present(dest: Storage, kind: str) -> list[str]:
     """Every shard file of the dataset in DEST (all hf splits)."""
     return [k for s in SPLITS for k in _shard_files(dest, "hf", s)] if kind == "hf" else _shard_files(dest, kind)
+
+
+def _left_out(qc: dict) -> str:
+    if not qc["failed_turns"] or qc["include_failed"]:
+        return ""
+    return f"; {qc['failed_turns']} turn(s) that failed the quality checks left out (--include-failed-qc keeps them)"
 
 
 def _reuse(kept: int) -> str:

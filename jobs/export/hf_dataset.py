@@ -29,7 +29,8 @@ _VALUE_TYPES = [("text", pa.string(), "string"), ("speaker", pa.int32(), "int32"
                 ("conversation_id", pa.string(), "string"), ("turn_index", pa.int32(), "int32"),
                 ("duration", pa.float64(), "float64"), ("num_samples", pa.int64(), "int64"),
                 ("seed", pa.int64(), "int64"), ("end_reason", pa.string(), "string"),
-                ("model", pa.string(), "string"), ("codes_path", pa.string(), "string")]
+                ("model", pa.string(), "string"), ("codes_path", pa.string(), "string"),
+                ("qc_status", pa.string(), "string"), ("qc_failed", pa.string(), "string")]
 FEATURES = {"audio": {"_type": "Audio", "sampling_rate": SAMPLE_RATE},
             **{name: {"_type": "Value", "dtype": dtype} for name, _, dtype in _VALUE_TYPES}}
 SCHEMA = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
@@ -130,7 +131,8 @@ class HfDataset:
                 "conversation_id": row["conversation_id"], "turn_index": row["turn_index"],
                 "duration": row["duration_s"], "num_samples": row["num_samples"], "seed": row["seed"],
                 "end_reason": row["end_reason"], "model": row["model"],
-                "codes_path": f"{self.out_url}/{row['codes_path']}"}  # absolute: usable away from OUT
+                "codes_path": f"{self.out_url}/{row['codes_path']}",  # absolute: usable away from OUT
+                "qc_status": row.get("qc_status") or "unchecked", "qc_failed": row.get("qc_failed")}
 
     def finish(self) -> dict:
         """Close the last shards; returns the record's splits (the card follows the record: command.py)."""
@@ -159,7 +161,7 @@ def license_for(model: str) -> str:
     return KNOWN_LICENSES.get(model, "other")  # unknown: "other", and --license to say which
 
 
-def dataset_card(counts: dict, fingerprint: dict, license_id: str, conversations: int) -> str:
+def dataset_card(counts: dict, fingerprint: dict, license_id: str, conversations: int, qc: dict | None = None) -> str:
     """README.md: the YAML header the hub reads (license, features, splits, configs), then how it was made."""
     import yaml
 
@@ -191,6 +193,21 @@ def dataset_card(counts: dict, fingerprint: dict, license_id: str, conversations
         f"job seed {d.get('seed')}\n"
         f"- csm-render {fingerprint.get('version')}; audio stored as {fingerprint.get('audio_format')}\n"
         + "".join(f"- {s}: {counts[s]['rows']} turns, {counts[s]['seconds'] / 3600:.3f} h\n" for s in splits)
+        + "\n" + quality_note(qc)
         + "\nEach row is one rendered turn; `codes_path` locates its Mimi codes (int16 [32, frames], numpy).\n"
         "Given voice-prompt turns are not included. Load with `datasets.load_dataset(\"<this folder>\")`.\n")
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body
+
+
+def quality_note(qc: dict | None) -> str:
+    """The card's word on csm-render's quality checks: which turns the dataset holds."""
+    if qc is None:  # a record from before the checks: nothing was left out
+        return ""
+    failed = qc.get("failed_turns", 0)
+    if qc.get("include_failed"):
+        return (f"## Quality\n\nEvery rendered turn is included. {failed} failed csm-render's quality checks "
+                "(`qc_status` `fail`, `qc_failed` names the checks): filter on `qc_status` before training.\n")
+    return ("## Quality\n\nOnly turns that passed csm-render's quality checks are included (`qc_status` `pass`, or "
+            f"`unchecked` for turns rendered before the checks existed): {failed} turn(s) that failed were left out. "
+            "The checks look at the audio alone (length limit reached, silence, speech rate against the text, "
+            "clipping); a passing turn can still mispronounce or misread its text.\n")

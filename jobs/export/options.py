@@ -28,6 +28,7 @@ class ExportOptions:
     max_shard_mb: float = 256.0  # hf and webdataset shards
     validation_fraction: float = 0.0  # hf: share of conversations in a validation split
     license: str | None = None  # hf dataset card; None: the model's
+    include_failed_qc: bool = False  # hf, webdataset: keep the turns that failed the quality checks (flagged)
     manifests: tuple[str, ...] = field(default=())  # for include_given: where the given turns are
 
     def settings_hash(self, *names: str) -> str:

@@ -76,6 +76,9 @@ def export_audio(view: JobView, dest: Storage, conv: Conversation, opts: ExportO
               "format": opts.audio_format, "sample_rate": SAMPLE_RATE, "num_samples": total_samples(placements),
               "duration_s": total_samples(placements) / SAMPLE_RATE, "turns": len(placements),
               "given_turns": sum(p.turn.given for p in placements), "pause_ms_default": opts.pause_ms,
-              "fade_ms": opts.fade_ms, "loudness": loudness}
+              "fade_ms": opts.fade_ms, "loudness": loudness,
+              # An episode keeps every turn; these failed the quality checks (listen to them first).
+              "qc_flagged": [{"turn_index": r["turn_index"], "qc_failed": r.get("qc_failed")} for r in conv.rows
+                             if r.get("qc_status") == "fail"]}
     dest.write_bytes(record_key("conversations", cid), json.dumps(record, indent=1).encode())
     return record

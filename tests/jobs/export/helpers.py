@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 
 from csm_worker.engine.requests import RenderedTurn
+from csm_worker.quality.checks import TurnQuality
 from jobs.storage import LocalStorage, Storage
 from jobs.storage.jobrecord import ensure_job_record, fingerprint
 from jobs.storage.outputs import OutputWriter
@@ -25,10 +26,11 @@ def turn_audio(cid: str, idx: int, frames: int) -> np.ndarray:
 
 
 def make_job(storage: Storage, conversations: dict[str, list[tuple[int, int | None]]], *, failed=(),
-             unfinished=(), audio_format="wav", model="random:tiny", voices=None) -> dict[str, list[dict]]:
+             unfinished=(), audio_format="wav", model="random:tiny", voices=None, qc=None) -> dict[str, list[dict]]:
     """conversations: id -> [(frames, pause_ms), ...] per turn. `failed` ids get a failure record (after their
     rows, as a failed attempt leaves them); `unfinished` ids only commit records (still rendering).
     `voices`: speaker -> the cast voice name its turns were conditioned on (`--voices`).
+    `qc`: (conversation, turn) -> the quality checks it failed (() passed); turns not named are unchecked.
     Returns the metadata rows by conversation."""
     ensure_job_record(storage, fingerprint(model, None, audio_format,
                                            {"temperature": 0.9, "top_k": 50, "max_audio_length_ms": 10_000,
@@ -41,6 +43,8 @@ def make_job(storage: Storage, conversations: dict[str, list[tuple[int, int | No
             turn = RenderedTurn(cid, idx, idx % 2, f"Turn {idx} of {cid}, said clearly.",
                                 codes=np.full((32, frames), 7), seed=100 + idx, end_reason="eos",
                                 audio=turn_audio(cid, idx, frames))
+            if qc is not None and (cid, idx) in qc:
+                turn.quality = TurnQuality(tuple(qc[(cid, idx)]))
             name = (voices or {}).get(turn.speaker)
             rows[cid].append(writer.commit_turn(turn, 0.9, 50, pause_ms, voice=(name, name and f"hash-{name}")))
         if cid in failed:
