@@ -358,6 +358,34 @@ def status(out, manifests, s3_endpoint_url) -> None:
 
 @main.command()
 @click.argument("out")
+@click.option("--qc-threshold", "qc_thresholds", multiple=True, metavar="NAME=VALUE",
+              help="Override one quality-check threshold (repeatable), as for run.")
+@click.option("--lock-wait-s", default=140.0, show_default=True, type=click.FloatRange(0),
+              help="When a run holds OUT, wait this long for it to end, then exit 2.")
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for an s3:// OUT.")
+def qc(out, qc_thresholds, lock_wait_s, s3_endpoint_url) -> None:
+    """Check OUT's finished turns again with the current settings, without rendering, and record the results in
+    their metadata (status and export follow). Exit 0 all passed, 1 some failed, 2 bad request."""
+    from jobs.qc_recheck import recheck
+    from jobs.storage import StorageError, open_storage
+    from jobs.storage.run_lock import OutInUse
+
+    options = _qc_options(0, qc_thresholds)
+    try:
+        storage = open_storage(out, s3_endpoint_url)
+    except ValueError as e:
+        _fail(f"{out}: {e}")
+    try:
+        with _clear_errors():
+            summary = recheck(storage, options, lock_wait_s)
+    except (OutInUse, StorageError, OSError) as e:
+        _fail(str(e))
+    click.echo(summary.text())
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("out")
 @click.option("--to", "kinds", multiple=True, default=("conversations,captions,hf,webdataset",), show_default=True,
               help="What to make: conversations, captions, hf, webdataset (comma-separated or repeated).")
 @click.option("--dest", default=None, help="Where to write (a folder or s3://...; default OUT/exports).")
