@@ -161,10 +161,12 @@ def job_options(command):
               help="--export's conversations: normalize each to this integrated loudness (LUFS; -16 podcasts).")
 @click.option("--export-pause-ms", type=click.IntRange(0, 60_000), default=None,
               help="--export's conversations and captions: silence after a turn whose row has no pause_ms.")
+@click.option("--export-include-failed-qc", is_flag=True,
+              help="--export's hf and webdataset: keep the turns that failed the quality checks (flagged).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, if_busy, address, audio_format, temperature, top_k,
         max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, voices, export_kinds, export_format,
-        export_loudness, export_pause_ms, backend) -> None:
+        export_loudness, export_pause_ms, export_include_failed_qc, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.cluster.feeder import FeederLost
     from jobs.storage.jobrecord import JobMismatch
@@ -188,7 +190,8 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed),
                     qc=_qc_options(qc_retries, qc_thresholds))
     cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
-    cfg.export_options = _export_options(cfg.export, export_format, export_loudness, export_pause_ms)
+    cfg.export_options = _export_options(cfg.export, export_format, export_loudness, export_pause_ms,
+                                         export_include_failed_qc)
     try:
         open_storage(out, s3_endpoint_url)
     except ValueError as e:
@@ -239,17 +242,20 @@ def _check_cluster_access(address: str | None) -> None:
 
 
 def _export_options(kinds: tuple[str, ...], audio_format: str | None, loudness: float | None,
-                    pause_ms: int | None):
+                    pause_ms: int | None, include_failed_qc: bool = False):
     """run --export-*'s settings as export's options (None: none given), checked like export's own (exit 2)."""
-    given = {k: v for k, v in (("audio_format", audio_format), ("loudness_lufs", loudness), ("pause_ms", pause_ms))
-             if v is not None}
+    per_conversation = {k: v for k, v in (("audio_format", audio_format), ("loudness_lufs", loudness),
+                                          ("pause_ms", pause_ms)) if v is not None}
+    given = {**per_conversation, **({"include_failed_qc": True} if include_failed_qc else {})}
     if not given:
         return None
     from jobs.export.options import PER_CONVERSATION, ExportOptions, ExportRequestError, check_options
 
-    if not any(k in PER_CONVERSATION for k in kinds):  # the datasets hold the job's files as they are
+    if per_conversation and not any(k in PER_CONVERSATION for k in kinds):  # the datasets hold the files as they are
         _fail("--export-format, --export-loudness and --export-pause-ms need --export KINDS with conversations or "
               "captions")
+    if include_failed_qc and not any(k not in PER_CONVERSATION for k in kinds):
+        _fail("--export-include-failed-qc needs --export KINDS with hf or webdataset")
 
     opts = ExportOptions(kinds=kinds, **given)
     try:
