@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import click
 
 from csm_worker import DEFAULT_MODEL, ModelLoadError
+from csm_worker.quality.asr import DEFAULT_MAX_CER
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_RESUME = 75  # sysexits' EX_TEMPFAIL: the job stopped short of its end; run it again to resume
@@ -135,6 +136,11 @@ _JOB_OPTIONS = [
     click.option("--qc-threshold", "qc_thresholds", multiple=True, metavar="NAME=VALUE",
                  help="Override one quality-check threshold (repeatable); the names and defaults are in the "
                       "README's Quality checks."),
+    click.option("--qc-asr", default=None, metavar="MODEL",
+                 help="Also transcribe every turn with this speech recognizer (a hub id, local folder or s3:// "
+                      "prefix; a Whisper or CTC model) and fail turns whose transcript is too far from the text."),
+    click.option("--qc-max-cer", default=DEFAULT_MAX_CER, show_default=True, type=click.FloatRange(0),
+                 help="With --qc-asr: the highest character error rate of a passing turn."),
     click.option("--voices", default=None, help="The job's cast: a Parquet file or folder (local or s3://) of "
                  "speaker, text, audio[, name, order] rows; each conversation starts with its speakers' prompts."),
 ]
@@ -165,7 +171,7 @@ def job_options(command):
               help="--export's hf and webdataset: keep the turns that failed the quality checks (flagged).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, if_busy, address, audio_format, temperature, top_k,
-        max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, voices, export_kinds, export_format,
+        max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, qc_asr, qc_max_cer, voices, export_kinds, export_format,
         export_loudness, export_pause_ms, export_include_failed_qc, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.cluster.feeder import FeederLost
@@ -188,7 +194,7 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     voices=voices, backend=backend,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed),
-                    qc=_qc_options(qc_retries, qc_thresholds))
+                    qc=_qc_options(qc_retries, qc_thresholds, qc_asr, qc_max_cer))
     cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
     cfg.export_options = _export_options(cfg.export, export_format, export_loudness, export_pause_ms,
                                          export_include_failed_qc)
@@ -219,12 +225,14 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     sys.exit(summary.exit_code)
 
 
-def _qc_options(retries: int, thresholds: tuple[str, ...]):
-    """--qc-retries and --qc-threshold, checked before anything is written (exit 2 for a bad threshold)."""
+def _qc_options(retries: int, thresholds: tuple[str, ...], asr: str | None = None,
+                max_cer: float = DEFAULT_MAX_CER):
+    """--qc-retries, --qc-threshold, --qc-asr and --qc-max-cer, checked before anything is written (exit 2 for a
+    bad threshold)."""
     from jobs.qc_options import QcOptionError, QcOptions, parse_thresholds
 
     try:
-        return QcOptions(retries, parse_thresholds(thresholds))
+        return QcOptions(retries, parse_thresholds(thresholds), asr or None, max_cer)
     except QcOptionError as e:
         _fail(str(e))
 
@@ -366,25 +374,30 @@ def status(out, manifests, s3_endpoint_url) -> None:
 @click.argument("out")
 @click.option("--qc-threshold", "qc_thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override one quality-check threshold (repeatable), as for run.")
+@click.option("--qc-asr", default=None, metavar="MODEL",
+              help="Also transcribe every turn with this speech recognizer, as for run (records qc_cer, qc_wer, "
+                   "qc_transcript).")
+@click.option("--qc-max-cer", default=DEFAULT_MAX_CER, show_default=True, type=click.FloatRange(0),
+              help="With --qc-asr: the highest character error rate of a passing turn.")
 @click.option("--lock-wait-s", default=140.0, show_default=True, type=click.FloatRange(0),
               help="When a run holds OUT, wait this long for it to end, then exit 2.")
 @click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for an s3:// OUT.")
-def qc(out, qc_thresholds, lock_wait_s, s3_endpoint_url) -> None:
+def qc(out, qc_thresholds, qc_asr, qc_max_cer, lock_wait_s, s3_endpoint_url) -> None:
     """Check OUT's finished turns again with the current settings, without rendering, and record the results in
     their metadata (status and export follow). Exit 0 all passed, 1 some failed, 2 bad request."""
     from jobs.qc_recheck import recheck
     from jobs.storage import StorageError, open_storage
     from jobs.storage.run_lock import OutInUse
 
-    options = _qc_options(0, qc_thresholds)
+    options = _qc_options(0, qc_thresholds, qc_asr, qc_max_cer)
     try:
         storage = open_storage(out, s3_endpoint_url)
     except ValueError as e:
         _fail(f"{out}: {e}")
     try:
         with _clear_errors():
-            summary = recheck(storage, options, lock_wait_s)
-    except (OutInUse, StorageError, OSError) as e:
+            summary = recheck(storage, options, lock_wait_s, s3_endpoint_url=s3_endpoint_url)
+    except (OutInUse, StorageError, ModelLoadError, OSError) as e:
         _fail(str(e))
     click.echo(summary.text())
     sys.exit(summary.exit_code)

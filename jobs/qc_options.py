@@ -1,4 +1,5 @@
-"""A job's quality-gate settings (`run --qc-retries`, `--qc-threshold NAME=VALUE`), handed to every worker.
+"""A job's quality-gate settings (`run --qc-retries`, `--qc-threshold NAME=VALUE`, `--qc-asr`, `--qc-max-cer`),
+handed to every worker.
 
 The checks themselves are csm_worker/quality/checks.py; here only which thresholds a job overrides and how many
 times a failed turn is rendered again. They are not part of the job's fingerprint: each turn records its own
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from csm_worker.quality.asr import DEFAULT_MAX_CER
 from csm_worker.quality.checks import Thresholds
 
 DEFAULT_RETRIES = 2
@@ -22,6 +24,8 @@ class QcOptionError(ValueError):
 class QcOptions:
     retries: int = DEFAULT_RETRIES  # a failed turn is rendered up to this many more times
     overrides: tuple[tuple[str, float], ...] = field(default=())  # (threshold name, value), as given
+    asr: str | None = None  # a speech recognizer (hub id, folder or s3://): each turn is transcribed and scored
+    max_cer: float = DEFAULT_MAX_CER  # with `asr`: a turn whose transcript's CER is above this fails
 
     def thresholds(self) -> Thresholds:
         return Thresholds(**{name: _typed(name, value) for name, value in self.overrides})

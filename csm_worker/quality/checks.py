@@ -51,12 +51,13 @@ class TurnQuality:
 
     @property
     def badness(self) -> float:
-        """How many checks failed: the attempt with fewest is kept when none passes (engine/retries.py)."""
-        return float(len(self.failed))
+        """How many checks failed: the attempt with fewest is kept when none passes (engine/retries.py). Between
+        attempts failing as many, a lower CER (when the ASR check ran) is better; it never outweighs a check."""
+        return float(len(self.failed)) + 0.5 * min(float(self.measures.get("cer", 0.0)), 1.0)
 
 
 CHECKS = ("non_finite", "max_length", "mostly_silence", "inner_silence", "trailing_silence", "too_fast",
-          "too_slow", "clipping")
+          "too_slow", "clipping")  # and "asr" (judge.asr_judge), last, when --qc-asr is on
 
 
 def check_turn(samples: np.ndarray, sample_rate: int, text: str, end_reason: str,

@@ -13,13 +13,13 @@ from typing import Protocol
 
 from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
 from csm_worker.audio import load_audio
-from csm_worker.quality.judge import checks_judge
 
 from jobs.manifests.voices import Cast
 from jobs.storage.jobrecord import read_job_record
 from jobs.model_source import local_model
 from jobs.storage.outputs import OutputWriter
 from jobs.plan.order import Defaults, WorkItem, settings_for
+from jobs.qc_judge import make_judge
 from jobs.qc_options import QcOptions
 from jobs.storage import ObjectExists, open_storage
 from jobs.storage.write_queue import WriteQueue
@@ -52,6 +52,8 @@ class RenderWorker:
         self.defaults = defaults
         self.batch_size = batch_size
         self.qc = qc
+        # Loaded once, beside the model and on its device (with --qc-asr, a speech recognizer too).
+        self.judge = make_judge(qc, str(self.generator.device), s3_endpoint_url)
 
     def info(self) -> dict:
         budget = getattr(self.generator, "slot_budget", None)  # set when --batch-size auto sized it from memory
@@ -72,8 +74,7 @@ class RenderWorker:
             requests = self._requests(feed, state)
             # Every turn is checked, and a failed one rendered again, before the next turn hears it; a turn is
             # committed once, as the attempt the engine kept (csm_worker/engine/retries.py).
-            judge = checks_judge(self.qc.thresholds())
-            for event in self.generator.render(requests, batch_size=self.batch_size, judge=judge,
+            for event in self.generator.render(requests, batch_size=self.batch_size, judge=self.judge,
                                                retries=self.qc.retries):
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):

@@ -52,6 +52,11 @@ METADATA_SCHEMA = pa.schema([
     ("qc_failed", pa.string()),
     ("qc_attempt", pa.int32()),
     ("qc_attempts", pa.int32()),
+    # The ASR check (--qc-asr), null when it did not run: character and word error rates of the transcript
+    # against the text (both normalized), and the transcript as the recognizer wrote it.
+    ("qc_cer", pa.float64()),
+    ("qc_wer", pa.float64()),
+    ("qc_transcript", pa.string()),
 ])
 
 
@@ -132,10 +137,16 @@ class OutputWriter:
 
 def qc_columns(quality: TurnQuality | None, attempt: int, attempts: int) -> dict:
     counts = {"qc_attempt": attempt, "qc_attempts": attempts}
+    return {**qc_result(quality), **counts}
+
+
+def qc_result(quality: TurnQuality | None) -> dict:
+    """The columns a turn's checks fill (all but the attempt counts, which say how it was rendered)."""
     if quality is None:
-        return {"qc_status": "unchecked", "qc_failed": None, **counts}
+        return {"qc_status": "unchecked", "qc_failed": None, "qc_cer": None, "qc_wer": None, "qc_transcript": None}
+    m = quality.measures
     return {"qc_status": "pass" if quality.passed else "fail", "qc_failed": ",".join(quality.failed) or None,
-            **counts}
+            "qc_cer": m.get("cer"), "qc_wer": m.get("wer"), "qc_transcript": m.get("transcript")}
 
 
 def committed_turns(storage: Storage, conversation_id: str | None = None) -> dict[str, TurnSet]:
