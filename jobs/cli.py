@@ -231,9 +231,14 @@ def _qc_options(retries: int, thresholds: tuple[str, ...], asr: str | None = Non
     bad threshold)."""
     from jobs.qc_options import QcOptionError, QcOptions, parse_thresholds
 
+    from jobs.qc_judge import check_recognizer_source
+
     try:
-        return QcOptions(retries, parse_thresholds(thresholds), asr or None, max_cer)
-    except QcOptionError as e:
+        options = QcOptions(retries, parse_thresholds(thresholds), asr or None, max_cer)
+        if options.asr:
+            check_recognizer_source(options.asr)
+        return options
+    except (QcOptionError, ModelLoadError) as e:
         _fail(str(e))
 
 

@@ -73,7 +73,7 @@ class PipelineRecognizer:
         import torch
         from transformers import pipeline
 
-        from ..errors import ModelLoadError
+        from ..errors import BadCheckpoint
         from ..model.quiet import quiet_transformers
 
         self.folder = Path(folder)
@@ -81,7 +81,8 @@ class PipelineRecognizer:
             with quiet_transformers():
                 self.pipe = pipeline("automatic-speech-recognition", model=str(folder), device=torch.device(device))
         except Exception as e:  # transformers and safetensors raise many kinds for a bad folder
-            raise ModelLoadError(f"cannot load a speech recognizer (--qc-asr) from {folder}: {e}") from e
+            # The files are there and unusable: another attempt or worker would find the same, so the job stops.
+            raise BadCheckpoint(f"cannot load a speech recognizer (--qc-asr) from {folder}: {e}") from e
         self.sample_rate = int(self.pipe.feature_extractor.sampling_rate)
         self.batch_size = batch_size
         self.spelling = _spelling(self.folder)
@@ -102,19 +103,26 @@ class PipelineRecognizer:
 def asr_model_dir(model: str, revision: str | None = None) -> Path:
     """`--qc-asr MODEL` as a folder: a local folder as it is, a hub id downloaded once into the hub cache (an
     s3:// prefix is copied to a local folder by the job first, as `--model` is)."""
-    from ..errors import ModelLoadError
+    from ..errors import BadCheckpoint, ModelLoadError
     from ..model.loading import hub_snapshot
 
     folder = Path(model).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"--qc-asr {model}: the folder has no config.json; point it at a speech "
-                                 "recognizer saved in the hub format (config.json, weights, tokenizer files)")
+            raise BadCheckpoint(f"--qc-asr {model}: the folder has no config.json; point it at a speech "
+                                "recognizer saved in the hub format (config.json, weights, tokenizer files)")
         return folder.resolve()
+    if looks_like_path(model):
+        raise ModelLoadError(f"--qc-asr {model}: no such folder")
     try:
         return hub_snapshot(model, revision, ASR_PATTERNS)
     except ModelLoadError as e:
         raise ModelLoadError(f"--qc-asr {model}: {e}") from e
+
+
+def looks_like_path(model: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else the user meant as a folder (and the hub would refuse)."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
 
 def _spelling(folder: Path) -> dict[str, str]:
