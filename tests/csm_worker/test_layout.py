@@ -11,7 +11,7 @@ import csm_worker
 
 ROOT = Path(csm_worker.__file__).parent
 LEAVES = {"errors", "cache", "audio"}
-LAYERS = {"backends": 1, "model": 2, "quality": 2, "engine": 3}
+LAYERS = {"backends": 1, "model": 2, "quality": 2, "watermark": 2, "engine": 3}
 ENTRY = 4  # generator.py, bench.py, device_check.py and the package's __init__
 FORBIDDEN = {"ray", "boto3", "botocore", "jobs"}
 
