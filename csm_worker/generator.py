@@ -13,7 +13,7 @@ import torch
 
 from . import backends
 from .engine import memory
-from .engine.engine import Engine
+from .engine.engine import Engine, Finalize
 from .engine.requests import ConversationDone, ConversationRequest, RenderedTurn, Segment, TurnRequest
 from .engine.retries import Judge
 from .model.codec import Codec
@@ -51,11 +51,13 @@ class Generator:
         return self.slot_budget.slots
 
     def render(self, conversations: Iterable[ConversationRequest], batch_size: int | None = None,
-               judge: Judge | None = None, retries: int = 0) -> Iterator[RenderedTurn | ConversationDone]:
+               judge: Judge | None = None, retries: int = 0,
+               finalize: Finalize | None = None) -> Iterator[RenderedTurn | ConversationDone]:
         """Batched API: many conversations, each rendered turn by turn with its earlier turns as context.
         `judge` (e.g. csm_worker.quality.judge.checks_judge()) and `retries`: a turn that fails is rendered again
-        before the next turn hears it (engine/retries.py)."""
-        return self.engine(batch_size).run(conversations, judge=judge, retries=retries)
+        before the next turn hears it (engine/retries.py). `finalize`: changes each step's finished turns in place,
+        as one batch (jobs use it for the watermark)."""
+        return self.engine(batch_size).run(conversations, judge=judge, retries=retries, finalize=finalize)
 
     def generate(self, text: str, speaker: int, context: list[Segment] | None = None,
                  max_audio_length_ms: float = 90_000, temperature: float = 0.9, topk: int = 50,

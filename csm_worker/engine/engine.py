@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import takewhile
 
@@ -32,6 +32,8 @@ from .prefix_cache import DEFAULT_BYTES as DEFAULT_PREFIX_BYTES
 from .prefix_cache import PrefixCache, chain_key
 from .requests import ConversationDone, ConversationRequest, RenderedTurn, TurnRequest
 from .retries import Attempts, Judge, attempt_seed
+
+Finalize = Callable[[list[RenderedTurn]], None]  # changes a step's finished turns in place (e.g. the watermark)
 from .static_step import StaticStep, row_bucket
 
 # When a conversation outgrows the window, drop old turns until this much room is free, so the kept context is
@@ -107,6 +109,7 @@ class Engine:
                       "rows_moved": 0, "retries": 0}
         self.judge: Judge | None = None
         self.retries = 0
+        self.finalize: Finalize | None = None
         self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._to_prefill: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (embeddings, start position)
         self.static = self._static_step(static, graphs)
@@ -124,14 +127,18 @@ class Engine:
 
     # -- driver loop ------------------------------------------------------------------------------------------
     def run(self, conversations: Iterable[ConversationRequest], judge: Judge | None = None,
-            retries: int = 0) -> Iterator[RenderedTurn | ConversationDone]:
+            retries: int = 0, finalize: "Finalize | None" = None) -> Iterator[RenderedTurn | ConversationDone]:
         """Render every conversation; yields each RenderedTurn as it finishes and a ConversationDone per
         conversation. Conversations are pulled from the iterable only when a slot is free; the iterable may
         yield None for "none ready yet" (a work queue fed from elsewhere), and the engine asks again later.
         `judge`: every rendered attempt is judged (its audio decoded even without decode_audio); one that fails
         is rendered again up to `retries` more times (not greedy turns: they would come out the same), and the
-        turn handed back is the attempt engine/retries.py keeps, with its verdict in `quality`."""
+        turn handed back is the attempt engine/retries.py keeps, with its verdict in `quality`. `finalize`: called
+        once per step with the turns about to be handed back (audio decoded), after the judge chose them, to
+        change them in place as one batch (the watermark: only the attempt kept is marked, and after the judge,
+        which hears the model's own audio)."""
         self.judge, self.retries = judge, max(0, int(retries)) if judge else 0
+        self.finalize = finalize
         self._reset()  # a caller that stopped iterating a previous run may have left rows occupied
         pending = iter(conversations)
         exhausted = False
@@ -329,6 +336,8 @@ class Engine:
                 reason = "max_length"
             ended.append((r, reason))
         finished = self._settle(ended)
+        if self.finalize and finished:
+            self.finalize([turn for _, turn in finished])
         yield from (turn for _, turn in finished)
         for r, _ in finished:
             yield from self._advance(r)
@@ -401,7 +410,7 @@ class Engine:
         return codes
 
     def _attach_audio(self, finished: list[RenderedTurn]) -> None:
-        if not (self.decode_audio or self.judge) or not finished:
+        if not (self.decode_audio or self.judge or self.finalize) or not finished:
             return
         for turn, audio in zip(finished, self.codec.decode_many([t.codes for t in finished])):
             turn.audio = audio
