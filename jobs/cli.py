@@ -141,6 +141,16 @@ _JOB_OPTIONS = [
                       "prefix; a Whisper or CTC model) and fail turns whose transcript is too far from the text."),
     click.option("--qc-max-cer", default=DEFAULT_MAX_CER, show_default=True, type=click.FloatRange(0),
                  help="With --qc-asr: the highest character error rate of a passing turn."),
+    click.option("--watermark", default="on", show_default=True, type=click.Choice(["on", "off"]),
+                 help="Mark every turn as synthetic with silentcipher's watermark, as Sesame's reference does (off: "
+                      "an explicit opt-out, recorded in the job record and every turn's metadata)."),
+    click.option("--watermark-key", default=None, metavar="KEY",
+                 help="The watermark's 5-byte key: 212,211,146,56,201 or d4d39238c9 (default: the reference's, so "
+                      "Sesame's own check finds the marks)."),
+    click.option("--watermark-weights", default=None, metavar="SOURCE",
+                 help="silentcipher's weights: a hub id, a local folder or s3:// prefix in the layout of "
+                      "sony/silentcipher, or random:silentcipher (default: sony/silentcipher; random weights for "
+                      "a random:* model)."),
     click.option("--voices", default=None, help="The job's cast: a Parquet file or folder (local or s3://) of "
                  "speaker, text, audio[, name, order] rows; each conversation starts with its speakers' prompts."),
 ]
@@ -171,7 +181,8 @@ def job_options(command):
               help="--export's hf and webdataset: keep the turns that failed the quality checks (flagged).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, if_busy, address, audio_format, temperature, top_k,
-        max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, qc_asr, qc_max_cer, voices, export_kinds, export_format,
+        max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, qc_asr, qc_max_cer, watermark, watermark_key,
+        watermark_weights, voices, export_kinds, export_format,
         export_loudness, export_pause_ms, export_include_failed_qc, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
     from jobs.cluster.feeder import FeederLost
@@ -194,7 +205,8 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
                     address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
                     voices=voices, backend=backend,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed),
-                    qc=_qc_options(qc_retries, qc_thresholds, qc_asr, qc_max_cer))
+                    qc=_qc_options(qc_retries, qc_thresholds, qc_asr, qc_max_cer),
+                    watermark=_watermark_options(watermark, watermark_key, watermark_weights))
     cfg.export = _export_kinds(export_kinds)  # an unknown kind: exit 2 before anything is written
     cfg.export_options = _export_options(cfg.export, export_format, export_loudness, export_pause_ms,
                                          export_include_failed_qc)
@@ -239,6 +251,22 @@ def _qc_options(retries: int, thresholds: tuple[str, ...], asr: str | None = Non
             check_recognizer_source(options.asr)
         return options
     except (QcOptionError, ModelLoadError) as e:
+        _fail(str(e))
+
+
+def _watermark_options(state: str, key: str | None, weights: str | None):
+    """--watermark, --watermark-key and --watermark-weights, checked before anything is written (exit 2): a bad
+    key, or a local weights folder that is missing or not silentcipher's layout."""
+    from csm_worker.watermark import WatermarkKeyError, parse_key
+    from csm_worker.watermark.weights import check_local_source
+    from jobs.watermark_options import WatermarkOptions
+
+    try:
+        options = WatermarkOptions(state == "on", **({"key": parse_key(key)} if key else {}), weights=weights)
+        if options.enabled and weights:
+            check_local_source(weights)
+        return options
+    except (WatermarkKeyError, ModelLoadError) as e:
         _fail(str(e))
 
 
@@ -307,6 +335,7 @@ def submit(ctx, address, submission_id, wait, no_upload, **_) -> None:
     from jobs.cluster.submit import follow, submit as submit_job
 
     _qc_options(ctx.params["qc_retries"], ctx.params["qc_thresholds"])  # a bad threshold: exit 2, nothing sent
+    _watermark_options(ctx.params["watermark"], ctx.params["watermark_key"], None)  # a bad key, likewise
     try:
         job = submit_job(address, _run_args(ctx), submission_id, upload=not no_upload)
     except Exception as e:  # refused, unreachable, a proxy's 502, a malformed address: Ray raises many kinds

@@ -20,6 +20,7 @@ from jobs.manifests.manifest import ConversationSpec, ManifestError
 from jobs.storage.outputs import OutputWriter, committed_turns
 from jobs.plan.order import Defaults, WorkItem, plan
 from jobs.qc_options import QcOptions
+from jobs.watermark_options import WatermarkOptions
 from jobs.progress import Progress
 from jobs.storage.run_lock import RunLock
 from jobs.plan.spool import build_spool
@@ -54,6 +55,7 @@ class RunConfig:
     backend: str | None = None  # --backend (csm_worker/backends); None: $CSM_RENDER_BACKEND, else auto
     cast: Cast | None = None  # read from `voices` by run_job; the workers get it with the config
     qc: QcOptions = field(default_factory=QcOptions)  # --qc-retries, --qc-threshold (jobs/qc_options.py)
+    watermark: WatermarkOptions = field(default_factory=WatermarkOptions)  # --watermark* (jobs/watermark_options.py)
 
 
 @dataclass

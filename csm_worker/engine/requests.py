@@ -70,6 +70,7 @@ class RenderedTurn:
     attempt: int = 1  # which attempt this is (engine/retries.py: later ones sample with a seed derived from `seed`)
     attempts: int = 1  # how many attempts the engine rendered before handing this one back
     quality: Any = None  # the judge's verdict on this attempt (None: no judge)
+    watermark: str | None = None  # set by a watermark's finalize: "on" (marked) or "silent" (nothing to mark)
 
     @property
     def num_frames(self) -> int:

@@ -57,6 +57,19 @@ class Watermarker:
                    sdr: float = REFERENCE_SDR) -> list[np.ndarray]:
         """Each clip (float32 at `rate`) marked with `key`, same length and rate. A silent or non-finite clip has
         nothing to carry a mark and comes back unchanged, as silentcipher leaves silence."""
+        return self._mark_all(clips, rate, key, sdr)[0]
+
+    def finalizer(self, key=message.REFERENCE_KEY, sdr: float = REFERENCE_SDR):
+        """The engine's `finalize`: marks a step's finished turns in one batch, in place, and says which were."""
+
+        def mark(turns: list) -> None:
+            clips, marked = self._mark_all([t.audio for t in turns], turns[0].sample_rate, key, sdr)
+            for turn, clip, was in zip(turns, clips, marked):
+                turn.audio, turn.watermark = clip, "on" if was else "silent"
+
+        return mark
+
+    def _mark_all(self, clips, rate, key, sdr) -> tuple[list[np.ndarray], list[bool]]:
         out = [np.asarray(c, dtype=np.float32) for c in clips]
         todo = []  # (index, clip at 44.1 kHz, its power, magnitude, phase)
         for i, clip in enumerate(out):
@@ -71,7 +84,8 @@ class Watermarker:
                 y = self.spectra.synthesize(magnitude, phase, length).cpu().numpy()
                 y = y * np.float32(np.sqrt(power / TRAINING_POWER))
                 out[i] = _fit(_resample(y, self.h.SR, rate), len(out[i]))
-        return out
+        done = {item[0] for item in todo}
+        return out, [i in done for i in range(len(out))]
 
     @torch.inference_mode()
     def _marked(self, magnitudes: list[torch.Tensor], key, sdr: float) -> list[torch.Tensor]:

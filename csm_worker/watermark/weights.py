@@ -39,7 +39,7 @@ def checkpoint_dir(source: str, revision: str | None = None) -> Path:
     if folder.is_dir():
         inner = folder / CHECKPOINT
         return _complete(inner if inner.is_dir() else folder, source)
-    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
+    if _looks_local(source):
         raise ModelLoadError(f"watermark weights {source}: no such folder")
     from ..model.loading import hub_snapshot
 
@@ -47,6 +47,18 @@ def checkpoint_dir(source: str, revision: str | None = None) -> Path:
         return _complete(hub_snapshot(source, revision, [f"{CHECKPOINT}/{f}" for f in FILES]) / CHECKPOINT, source)
     except ModelLoadError as e:
         raise ModelLoadError(f"watermark weights {source}: {e}") from e
+
+
+def check_local_source(source: str) -> None:
+    """Before any work: a local folder (or what looks like one) must be there in the repo's layout. Hub ids and
+    s3:// prefixes are fetched by the workers, which stop the job when the files are not silentcipher's."""
+    if source != RANDOM_WEIGHTS and not source.startswith("s3://") and \
+            (Path(source).expanduser().is_dir() or _looks_local(source)):
+        checkpoint_dir(source)
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1
 
 
 def _complete(folder: Path, source: str) -> Path:

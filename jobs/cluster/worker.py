@@ -21,6 +21,7 @@ from jobs.storage.outputs import OutputWriter
 from jobs.plan.order import Defaults, WorkItem, settings_for
 from jobs.qc_judge import make_judge
 from jobs.qc_options import QcOptions
+from jobs.watermark_options import WatermarkOptions, make_finalizer
 from jobs.storage import ObjectExists, open_storage
 from jobs.storage.write_queue import WriteQueue
 
@@ -41,25 +42,29 @@ class RenderWorker:
     def __init__(self, model: str, out: str, device: str = "auto", dtype: str | None = None,
                  batch_size: int | str = 8,
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None,
-                 cast: Cast | None = None, backend: str | None = None, qc: QcOptions = QcOptions()):
+                 cast: Cast | None = None, backend: str | None = None, qc: QcOptions = QcOptions(),
+                 watermark: WatermarkOptions = WatermarkOptions()):
         self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype, backend=backend)
         self.cast = cast
         self._prompt_audio: dict[str, object] = {}  # the cast's recordings, read once per worker
         if batch_size == "auto":
             batch_size = default_batch_size(self.generator)
-        self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model)
+        self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model, watermark.record(model))
         self.s3_endpoint_url = s3_endpoint_url
         self.defaults = defaults
         self.batch_size = batch_size
         self.qc = qc
         # Loaded once, beside the model and on its device (with --qc-asr, a speech recognizer too).
         self.judge = make_judge(qc, str(self.generator.device), s3_endpoint_url)
+        # Every committed turn is marked (after the judge, which hears the model's own audio), on the same device.
+        self.finalize, self.marker = make_finalizer(watermark, model, str(self.generator.device), s3_endpoint_url)
 
     def info(self) -> dict:
         budget = getattr(self.generator, "slot_budget", None)  # set when --batch-size auto sized it from memory
         return {"device": str(self.generator.device), "dtype": str(self.generator.model.dtype).replace("torch.", ""),
                 "batch_size": self.batch_size, "weights_hash": self.generator.loaded.weights_hash,
-                "backend": self.generator.model.backend.name, "batch_size_why": budget.describe() if budget else None}
+                "backend": self.generator.model.backend.name, "batch_size_why": budget.describe() if budget else None,
+                "watermark": {"weights": self.marker.source, "sha256": self.marker.weights_id} if self.marker else None}
 
     def render(self, feed: "Feed") -> Iterator[dict]:
         """Render conversations taken from `feed` until it has no more. Yields {"event": "ready", ...} once the
@@ -75,7 +80,7 @@ class RenderWorker:
             # Every turn is checked, and a failed one rendered again, before the next turn hears it; a turn is
             # committed once, as the attempt the engine kept (csm_worker/engine/retries.py).
             for event in self.generator.render(requests, batch_size=self.batch_size, judge=self.judge,
-                                               retries=self.qc.retries):
+                                               retries=self.qc.retries, finalize=self.finalize):
                 cid = event.conversation_id
                 if isinstance(event, RenderedTurn):
                     writes.submit(cid, partial(self._commit, state[cid], event, feed))

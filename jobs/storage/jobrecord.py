@@ -80,6 +80,16 @@ def check_weights(storage: Storage, weights_hash: str) -> None:
         )
 
 
+def record_watermark(storage: Storage, watermark: dict) -> None:
+    """What marks this run's turns (jobs.watermark_options: on/off, key, weights and their sha256), recorded on the
+    first worker's start. Not part of the fingerprint: a later run may change it, and each turn's metadata says
+    what marked it; the record keeps the latest run's."""
+    record = read_job_record(storage) or {}
+    if record.get("watermark") != watermark:
+        record["watermark"] = watermark
+        storage.write_bytes(layout.JOB_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """'defaults.temperature: 0.9 -> 0.5' for each field that differs, nested dicts flattened."""
     out = []

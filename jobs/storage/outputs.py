@@ -57,12 +57,19 @@ METADATA_SCHEMA = pa.schema([
     ("qc_cer", pa.float64()),
     ("qc_wer", pa.float64()),
     ("qc_transcript", pa.string()),
+    # The synthetic-speech watermark (csm_worker/watermark): "on" (the audio, and so its sha256, is marked),
+    # "off" (the job opted out: --watermark off) or "silent" (no sound to carry a mark); the key (hex) and where
+    # the weights came from, when marked.
+    ("watermark", pa.string()),
+    ("watermark_key", pa.string()),
+    ("watermark_weights", pa.string()),
 ])
 
 
 class OutputWriter:
-    def __init__(self, storage: Storage, audio_format: str = "wav", model: str = ""):
+    def __init__(self, storage: Storage, audio_format: str = "wav", model: str = "", watermark: dict | None = None):
         self.storage = storage
+        self.watermark = watermark or {"watermark": "off"}  # jobs.watermark_options.WatermarkOptions.record()
         self.audio_format = audio_format
         self.ext = audio_extension(audio_format)
         self.model = model
@@ -96,11 +103,17 @@ class OutputWriter:
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
             "sha256": audio_sha256(data), "rendered_at": layout.timestamp(),
             "voice_name": voice[0], "voice_hash": voice[1], **qc_columns(turn.quality, turn.attempt, turn.attempts),
+            **self._watermark_columns(turn),
         }
         # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
         # that finds our own record (its first response was lost) counts as done.
         self.storage.write_new(layout.commit_key(cid, idx), json.dumps(row, sort_keys=True).encode())
         return row
+
+    def _watermark_columns(self, turn: RenderedTurn) -> dict:
+        if turn.watermark == "on":
+            return {"watermark_key": None, "watermark_weights": None, **self.watermark}
+        return {"watermark": turn.watermark or "off", "watermark_key": None, "watermark_weights": None}
 
     def read_commit(self, conversation_id: str, turn_index: int) -> dict:
         return json.loads(self.storage.read_bytes(layout.commit_key(conversation_id, turn_index)))

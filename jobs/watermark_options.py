@@ -1,0 +1,50 @@
+"""A job's watermark settings (`--watermark on|off`, `--watermark-key`, `--watermark-weights`), handed to every
+worker, and the watermark each worker builds from them.
+
+On by default with the key of Sesame's reference generator, so the reference's own check finds this tool's marks.
+The weights default by model (csm_worker.watermark.default_weights): the published checkpoint for real CSM weights,
+seeded random ones for a `random:*` preset. Each turn records what marked it (metadata `watermark`,
+`watermark_key`, `watermark_weights`), and the job record the weights' sha256; like the quality settings they are
+not part of the job's fingerprint, so a resumed job may change them and every turn still says what it got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from csm_worker.watermark import REFERENCE_KEY, default_weights, key_id
+
+from jobs.model_source import local_model
+
+WATERMARK_FILES = ["*hparams.yaml", "*enc_c.ckpt", "*dec_c.ckpt", "*dec_m_0.ckpt", "config.json"]
+
+
+@dataclass(frozen=True)
+class WatermarkOptions:
+    enabled: bool = True
+    key: tuple[int, ...] = REFERENCE_KEY
+    weights: str | None = None  # hub id, folder, s3:// prefix or random:silentcipher; None: by model
+
+    def weights_for(self, model: str) -> str:
+        return self.weights or default_weights(model)
+
+    def record(self, model: str) -> dict:
+        """What the job record and each turn's metadata say about the watermark."""
+        if not self.enabled:
+            return {"watermark": "off"}
+        return {"watermark": "on", "watermark_key": key_id(self.key), "watermark_weights": self.weights_for(model)}
+
+
+def make_finalizer(options: WatermarkOptions, model: str, device: str = "cpu",
+                   s3_endpoint_url: str | None = None):
+    """(the engine's finalize, the loaded watermark) for a worker; (None, None) with --watermark off. Raises
+    ModelLoadError (BadCheckpoint when the files are not silentcipher's) before any work."""
+    if not options.enabled:
+        return None, None
+    from csm_worker.watermark import load_watermarker
+
+    source = options.weights_for(model)
+    folder = local_model(source, s3_endpoint_url, patterns=WATERMARK_FILES)
+    marker = load_watermarker(folder, device)
+    marker.source = source  # an s3:// prefix's local copy is named by the prefix it came from
+    return marker.finalizer(options.key), marker
