@@ -43,16 +43,32 @@ def to_mono_24k(samples: Any, sample_rate: int) -> np.ndarray:
     return _convert(_as_array(samples), sample_rate, SAMPLE_RATE, "array")
 
 
-def encode_audio(samples: Any, fmt: str = "wav", sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Encode mono samples as 16-bit PCM WAV or FLAC and return the file's bytes (callers store them atomically)."""
+TAG_FIELDS = ("title", "comment", "software", "artist", "album", "license")  # what libsndfile writes
+
+
+def encode_audio(samples: Any, fmt: str = "wav", sample_rate: int = SAMPLE_RATE,
+                 tags: dict[str, str] | None = None) -> bytes:
+    """Encode mono samples as 16-bit PCM WAV or FLAC and return the file's bytes (callers store them atomically).
+    `tags` (TAG_FIELDS): written by libsndfile into the file itself, a WAV's LIST/INFO chunk or FLAC's Vorbis
+    comments."""
     container = _FORMATS[_check_format(fmt)][0]
     mono = _as_mono_vector(_as_array(samples))
     _check_finite(mono, "samples to encode")
     # Quantize here rather than in libsndfile, whose float->int conversion does not clip by default.
     pcm = np.round(np.clip(mono, -1.0, 1.0) * _PCM16_SCALE).astype(np.int16)
     buf = io.BytesIO()
-    sf.write(buf, pcm, sample_rate, format=container, subtype="PCM_16")
+    with sf.SoundFile(buf, "w", sample_rate, 1, "PCM_16", format=container) as f:
+        set_tags(f, tags)
+        f.write(pcm)
     return buf.getvalue()
+
+
+def set_tags(f: sf.SoundFile, tags: dict[str, str] | None) -> None:
+    """Before the first sample: FLAC and Ogg write their comments ahead of the audio."""
+    for name, value in (tags or {}).items():
+        if name not in TAG_FIELDS:
+            raise ValueError(f"unknown audio tag {name!r}: one of {', '.join(TAG_FIELDS)}")
+        setattr(f, name, value)
 
 
 def audio_extension(fmt: str) -> str:

@@ -486,6 +486,54 @@ def export(out, kinds, dest, audio_format, pause_ms, fade_ms, loudness_lufs, tru
 
 
 @main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--key", default=None, metavar="KEY", help="The key to look for (default: the job's, when a path "
+              "lies in an OUT, else the reference's 212,211,146,56,201).")
+@click.option("--weights", default=None, metavar="SOURCE", help="silentcipher's weights (default: the job's, "
+              "else sony/silentcipher).")
+@click.option("--search-step", default=10, show_default=True, type=click.IntRange(0),
+              help="When a file does not read as the key from its first sample, look for the mark's frames every "
+                   "this many samples (0: do not search; the search costs a decoder pass per step).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def verify(paths, key, weights, search_step, device) -> None:
+    """Say for each audio file under PATHS (files, folders, an OUT, an export) whether it carries the watermark,
+    its key and the confidence. Exit 1 if any file is unmarked."""
+    import torch
+
+    from csm_worker.watermark import HUB_REPO, REFERENCE_KEY, WatermarkKeyError, key_id, load_watermarker, parse_key
+    from jobs.verify import VerifyError, clips, decode, job_watermark
+
+    record = job_watermark(list(paths))
+    try:
+        wanted = parse_key(key) if key else (tuple(bytes.fromhex(record["watermark_key"]))
+                                              if record.get("watermark_key") else None)
+    except WatermarkKeyError as e:
+        _fail(str(e))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    try:
+        marker = load_watermarker(weights or record.get("watermark_weights") or HUB_REPO, device)
+    except ModelLoadError as e:
+        _fail(str(e))
+    wanted = wanted or REFERENCE_KEY
+    counts = {"marked": 0, "unmarked": 0}
+    try:
+        for clip in clips(list(paths)):
+            samples, rate = decode(clip)
+            found = marker.detect(samples, rate, wanted, search_step=search_step)
+            state = "marked" if found.marked else "unmarked"
+            counts[state] += 1
+            read = key_id(found.key) if found.key and all(0 <= b < 256 for b in found.key) else "-"
+            click.echo(f"{state:9s} key {read:10s} confidence {found.confidence:.2f}  {clip.name}")
+    except VerifyError as e:
+        _fail(str(e))
+    if not sum(counts.values()):
+        _fail(f"no audio files under {', '.join(paths)}")
+    click.echo(f"{counts['marked']} marked, {counts['unmarked']} unmarked (key {key_id(wanted)}, weights "
+               f"{marker.source})", err=True)
+    sys.exit(1 if counts["unmarked"] else 0)
+
+
+@main.command()
 @model_option
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--dtype", default="auto", show_default=True,

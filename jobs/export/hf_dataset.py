@@ -30,7 +30,8 @@ _VALUE_TYPES = [("text", pa.string(), "string"), ("speaker", pa.int32(), "int32"
                 ("duration", pa.float64(), "float64"), ("num_samples", pa.int64(), "int64"),
                 ("seed", pa.int64(), "int64"), ("end_reason", pa.string(), "string"),
                 ("model", pa.string(), "string"), ("codes_path", pa.string(), "string"),
-                ("qc_status", pa.string(), "string"), ("qc_failed", pa.string(), "string")]
+                ("qc_status", pa.string(), "string"), ("qc_failed", pa.string(), "string"),
+                ("watermark", pa.string(), "string"), ("watermark_key", pa.string(), "string")]
 FEATURES = {"audio": {"_type": "Audio", "sampling_rate": SAMPLE_RATE},
             **{name: {"_type": "Value", "dtype": dtype} for name, _, dtype in _VALUE_TYPES}}
 SCHEMA = pa.schema([("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
@@ -132,7 +133,8 @@ class HfDataset:
                 "duration": row["duration_s"], "num_samples": row["num_samples"], "seed": row["seed"],
                 "end_reason": row["end_reason"], "model": row["model"],
                 "codes_path": f"{self.out_url}/{row['codes_path']}",  # absolute: usable away from OUT
-                "qc_status": row.get("qc_status") or "unchecked", "qc_failed": row.get("qc_failed")}
+                "qc_status": row.get("qc_status") or "unchecked", "qc_failed": row.get("qc_failed"),
+                "watermark": row.get("watermark") or "off", "watermark_key": row.get("watermark_key")}
 
     def finish(self) -> dict:
         """Close the last shards; returns the record's splits (the card follows the record: command.py)."""
@@ -193,10 +195,17 @@ def dataset_card(counts: dict, fingerprint: dict, license_id: str, conversations
         f"job seed {d.get('seed')}\n"
         f"- csm-render {fingerprint.get('version')}; audio stored as {fingerprint.get('audio_format')}\n"
         + "".join(f"- {s}: {counts[s]['rows']} turns, {counts[s]['seconds'] / 3600:.3f} h\n" for s in splits)
-        + "\n" + quality_note(qc)
+        + "\n" + SYNTHETIC_NOTE + "\n" + quality_note(qc)
         + "\nEach row is one rendered turn; `codes_path` locates its Mimi codes (int16 [32, frames], numpy).\n"
         "Given voice-prompt turns are not included. Load with `datasets.load_dataset(\"<this folder>\")`.\n")
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body
+
+
+SYNTHETIC_NOTE = (
+    "## Synthetic speech\n\nEvery clip in this dataset is synthetic: AI-generated speech, not a recording of a "
+    "person. Unless a row's `watermark` says `off` (the job opted out) or `silent`, its audio carries silentcipher's "
+    "inaudible watermark, as Sesame's reference generator marks CSM's output (`watermark_key`: the key, hex; "
+    "`csm-render verify FILE` reads it back). Do not present this audio as real speech.\n")
 
 
 def quality_note(qc: dict | None) -> str:

@@ -16,6 +16,7 @@ import tempfile
 from jobs.storage import Storage
 
 from jobs.export import captions
+from jobs.disclosure import audio_tags, disclosure, episode_watermark, models_of
 from jobs.export.encode import extension, write_audio
 from jobs.export.loudness import normalize
 from jobs.export.options import ExportOptions
@@ -65,10 +66,11 @@ def export_audio(view: JobView, dest: Storage, conv: Conversation, opts: ExportO
         samples, result = normalize(samples, opts.loudness_lufs, opts.true_peak_db)
         loudness = result.as_dict()
     ext = extension(opts.audio_format)
+    watermark = episode_watermark(conv.rows)
     fd, path = tempfile.mkstemp(suffix=ext, dir=scratch)
     os.close(fd)
     try:
-        write_audio(path, samples, opts.audio_format)
+        write_audio(path, samples, opts.audio_format, audio_tags(cid, models_of(conv.rows), watermark))
         dest.upload_file(f"conversations/{cid}{ext}", path)
     finally:
         os.unlink(path)
@@ -77,6 +79,7 @@ def export_audio(view: JobView, dest: Storage, conv: Conversation, opts: ExportO
               "duration_s": total_samples(placements) / SAMPLE_RATE, "turns": len(placements),
               "given_turns": sum(p.turn.given for p in placements), "pause_ms_default": opts.pause_ms,
               "fade_ms": opts.fade_ms, "loudness": loudness,
+              "synthetic": True, "disclosure": disclosure(models_of(conv.rows), watermark), **watermark,
               # An episode keeps every turn; these failed the quality checks (listen to them first).
               "qc_flagged": [{"turn_index": r["turn_index"], "qc_failed": r.get("qc_failed")} for r in conv.rows
                              if r.get("qc_status") == "fail"]}

@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 
+from jobs.disclosure import disclosure
 from jobs.storage import Storage
 
 from jobs.export.shard_plan import ShardPlan, short
@@ -85,7 +86,8 @@ class TarShards:
 
 def sample_files(row: dict, audio: bytes) -> dict[str, bytes]:
     ext = row["audio_path"].rsplit(".", 1)[-1]
-    return {ext: audio, "json": json.dumps(row, sort_keys=True, ensure_ascii=False).encode()}
+    said = {**row, "synthetic": True, "disclosure": disclosure(row.get("model") or "an unknown model", row)}
+    return {ext: audio, "json": json.dumps(said, sort_keys=True, ensure_ascii=False).encode()}
 
 
 def sample_key(row: dict) -> str:

@@ -21,6 +21,7 @@ from csm_worker.audio import audio_extension, audio_sha256, encode_audio
 from csm_worker.engine.requests import RenderedTurn
 from csm_worker.quality.checks import TurnQuality
 
+from jobs.disclosure import audio_tags
 from jobs.storage import layout
 from jobs.storage import ObjectExists, Storage
 
@@ -90,7 +91,9 @@ class OutputWriter:
         # A turn the model ended at once has no samples; libsndfile cannot write (or read) an empty FLAC, so such
         # a turn is stored as an empty WAV whatever the job's format.
         fmt, ext = (self.audio_format, self.ext) if len(turn.audio) else ("wav", ".wav")
-        data = encode_audio(turn.audio, fmt, turn.sample_rate)
+        watermark = self._watermark_columns(turn)
+        tags = audio_tags(f"{cid} turn {idx}", self.model, watermark)  # the file says it is synthetic
+        data = encode_audio(turn.audio, fmt, turn.sample_rate, tags)
         audio_path = layout.audio_key(cid, idx, ext)
         codes_path = layout.codes_key(cid, idx)
         self.storage.write_bytes(audio_path, data)
@@ -103,7 +106,7 @@ class OutputWriter:
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
             "sha256": audio_sha256(data), "rendered_at": layout.timestamp(),
             "voice_name": voice[0], "voice_hash": voice[1], **qc_columns(turn.quality, turn.attempt, turn.attempts),
-            **self._watermark_columns(turn),
+            **watermark,
         }
         # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
         # that finds our own record (its first response was lost) counts as done.
