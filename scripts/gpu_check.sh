@@ -15,7 +15,9 @@
 #      codes of all three equal, bf16 on the GPU against float32 on the CPU; the cpu backend does not apply);
 #   3. benchmarks random:csm-1b in bf16 (python -m csm_worker.device_check): batch 1 and --batch-size auto, with
 #      and without CUDA graphs, against transformers' generate, a batch sweep with graphs, the bf16 matmul peak;
-#      every figure into OUT_JSON (rewritten after each figure, so a stopped run keeps what it measured).
+#      every figure into OUT_JSON (rewritten after each figure, so a stopped run keeps what it measured);
+#   4. times the watermark on the GPU, and with SILENTCIPHER_WEIGHTS=<the real sony/silentcipher checkpoint>
+#      verifies real marks through WAV, MP3 and Opus (scripts/watermark_check.py).
 # Exit status: 0 when the tests passed and the benchmark finished, 1 when either did not, 2 when it cannot start.
 set -uo pipefail
 
@@ -88,5 +90,19 @@ timeout 330 $PY -m csm_worker.device_check "$OUT_JSON" --tests-log "$WORK/tests.
 BENCH_RC=$?
 say "benchmark exit status $BENCH_RC"
 [ -f "$OUT_JSON" ] && $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d.get('targets'), indent=1))" "$OUT_JSON"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && exit 0
+# The watermark on the GPU: its cost with random weights (they read nothing back, so only the time counts), then
+# real marks through WAV, MP3 and Opus where the real checkpoint is (SILENTCIPHER_WEIGHTS: a folder or hub id).
+say "watermark cost (random:silentcipher, timing only)"
+timeout 120 $PY scripts/watermark_check.py --weights random:silentcipher --out "${OUT_JSON%.json}-watermark-cost.json" \
+    | tail -1
+WM_RC=0
+if [ -n "${SILENTCIPHER_WEIGHTS:-}" ]; then
+    say "real marks with $SILENTCIPHER_WEIGHTS"
+    timeout 180 $PY scripts/watermark_check.py --weights "$SILENTCIPHER_WEIGHTS" --out "${OUT_JSON%.json}-watermark.json"
+    WM_RC=$?
+    say "watermark check exit status $WM_RC"
+else
+    say "SILENTCIPHER_WEIGHTS not set: real marks not verified (the checkpoint cannot be fetched from here)"
+fi
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$WM_RC" = 0 ] && exit 0
 exit 1
