@@ -20,7 +20,7 @@ from jobs.manifests.manifest import ConversationSpec, ManifestError
 from jobs.storage.outputs import OutputWriter, committed_turns
 from jobs.plan.order import Defaults, WorkItem, plan
 from jobs.qc_options import QcOptions
-from jobs.watermark_options import WatermarkOptions
+from jobs.watermark_options import WatermarkOptions, check_weights_source
 from jobs.progress import Progress
 from jobs.storage.run_lock import RunLock
 from jobs.plan.spool import build_spool
@@ -100,6 +100,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     if cfg.voices and cfg.cast is None:
         cfg.cast = read_cast(cfg.voices, cfg.s3_endpoint_url)  # ManifestError, like the manifests' problems
     with planner(cfg, conversations) as plan_work:
+        check_weights_source(cfg.watermark, cfg.model)  # ModelLoadError before OUT is touched
         storage = open_storage(cfg.out, cfg.s3_endpoint_url)
         fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict(),
                          cfg.cast.hash if cfg.cast else None)

@@ -48,3 +48,16 @@ def make_finalizer(options: WatermarkOptions, model: str, device: str = "cpu",
     marker = load_watermarker(folder, device)
     marker.source = source  # an s3:// prefix's local copy is named by the prefix it came from
     return marker.finalizer(options.key), marker
+
+
+def check_weights_source(options: WatermarkOptions, model: str) -> None:
+    """On the driver, before anything is written: the weights must be there (ModelLoadError, exit 2). A hub id is
+    fetched here once into this node's hub cache (12 MB), so a job whose nodes cannot reach the hub stops now,
+    not on every worker; s3:// prefixes are left to the workers."""
+    if not options.enabled:
+        return
+    from csm_worker.watermark.weights import checkpoint_dir
+
+    source = options.weights_for(model)
+    if not source.startswith("s3://"):
+        checkpoint_dir(source)

@@ -46,7 +46,8 @@ def checkpoint_dir(source: str, revision: str | None = None) -> Path:
     try:
         return _complete(hub_snapshot(source, revision, [f"{CHECKPOINT}/{f}" for f in FILES]) / CHECKPOINT, source)
     except ModelLoadError as e:
-        raise ModelLoadError(f"watermark weights {source}: {e}") from e
+        raise ModelLoadError(f"watermark weights {source}: {e}; or give --watermark-weights a local copy of "
+                             f"{HUB_REPO} (`hf download {HUB_REPO} --include '{CHECKPOINT}/*'`)") from e
 
 
 def check_local_source(source: str) -> None:

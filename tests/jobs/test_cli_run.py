@@ -363,7 +363,7 @@ def test_changed_weights_under_the_same_model_are_refused_before_any_turn(tmp_pa
 
     model = tmp_path / "model"
     shutil.copytree(presets.preset_dir("random:tiny"), model)
-    args = ("--model", model, "--max-audio-length-ms", MAX_MS, "--batch-size", 2)
+    args = ("--model", model, "--max-audio-length-ms", MAX_MS, "--batch-size", 2, "--watermark-weights", "random:silentcipher")
     out = tmp_path / "out"
     ok(csm_render("run", write_manifest(tmp_path / "m1", [r for r in ROWS if r[0] == "short"]), "--out", out, *args))
     before = sorted(p.relative_to(out) for p in (out / "commits").rglob("*.json"))
@@ -388,7 +388,7 @@ def test_a_hub_layout_model_renders_and_a_broken_copy_stops_the_job_before_any_w
     from tests.hub_layout import SHARDS, write_hub_layout
 
     model = write_hub_layout(presets.preset_dir("random:tiny"), tmp_path / "sesame-csm-1b")
-    args = ("--model", model, "--max-audio-length-ms", MAX_MS, "--batch-size", 2)
+    args = ("--model", model, "--max-audio-length-ms", MAX_MS, "--batch-size", 2, "--watermark-weights", "random:silentcipher")
     manifest = write_manifest(tmp_path / "m", [r for r in ROWS if r[0] == "short"])
     ok(csm_render("run", manifest, "--out", tmp_path / "good", *args))
 
