@@ -100,7 +100,8 @@ class Watermarker:
         mark[:, :, h.message_band_size :] = 0
         if not h.no_normalization:
             per_frame = torch.mean(mark**2, dim=2, keepdim=True).sqrt()
-            mark = torch.where(mask > 0, mark / per_frame, 0.0) / 10 ** (sdr / 20)
+            mark = mark / per_frame if mask is None else torch.where(mask > 0, mark / per_frame, 0.0)
+            mark = mark / 10 ** (sdr / 20)
         if h.frame_level_normalization:
             mark = mark * torch.mean(carrier**2, dim=2, keepdim=True).sqrt()
         elif h.utterance_level_normalization:

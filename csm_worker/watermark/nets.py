@@ -18,10 +18,20 @@ from torch import nn
 BN_EPS = 1e-5  # nn.BatchNorm2d's default, which silentcipher's layers use
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over frequency and the clip's own frames, per clip and channel: [B, C, F, T] -> [B, C, 1, 1]."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over frequency and the clip's own frames, per clip and channel: [B, C, F, T] -> [B, C, 1, 1].
+    `mask` None: every frame is the clip's (a batch of one length)."""
+    if mask is None:
+        return x.mean(dim=(2, 3), keepdim=True)
     count = mask.sum(dim=(2, 3), keepdim=True) * x.shape[2]
     return (x * mask).sum(dim=(2, 3), keepdim=True) / count
+
+
+def gated(x: torch.Tensor, conv_w, conv_b, gate_w, gate_b, padding: int) -> torch.Tensor:
+    """conv(x) * sigmoid(gate(x)) as one convolution of both kernels stacked (the same sums, one pass over x)."""
+    y = nn.functional.conv2d(x, torch.cat([conv_w, gate_w]), torch.cat([conv_b, gate_b]), padding=padding)
+    a, g = y.chunk(2, dim=1)
+    return a * torch.sigmoid(g)
 
 
 class GatedLayer(nn.Module):
@@ -29,19 +39,25 @@ class GatedLayer(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, kernel_size: int = 3):
         super().__init__()
-        padding = kernel_size // 2
-        self.conv = nn.Conv2d(dim_in, dim_out, kernel_size, padding=padding)
-        self.gate = nn.Conv2d(dim_in, dim_out, kernel_size, padding=padding)
+        self.padding = kernel_size // 2
+        self.conv = nn.Conv2d(dim_in, dim_out, kernel_size, padding=self.padding)
+        self.gate = nn.Conv2d(dim_in, dim_out, kernel_size, padding=self.padding)
         self.bn = nn.BatchNorm2d(dim_out)  # only its affine weight and bias are used (see the module's docstring)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.conv(x) * torch.sigmoid(self.gate(x)), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = gated(x, self.conv.weight, self.conv.bias, self.gate.weight, self.gate.bias, self.padding)
+        return self.normalize(h, mask)
 
-    def normalize(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mean = masked_mean(h, mask)
-        var = masked_mean((h - mean) ** 2, mask)  # biased, as batch norm's normalization is
+    def normalize(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Batch norm's (h - mean) / sqrt(var + eps) * weight + bias, as h * scale + shift in one pass."""
+        if mask is None:
+            var, mean = torch.var_mean(h, dim=(2, 3), keepdim=True, correction=0)
+        else:
+            mean = masked_mean(h, mask)
+            var = masked_mean((h - mean) ** 2, mask)  # biased, as batch norm's normalization is
         scale = self.bn.weight.view(1, -1, 1, 1) * torch.rsqrt(var + BN_EPS)
-        return ((h - mean) * scale + self.bn.bias.view(1, -1, 1, 1)) * mask
+        out = torch.addcmul(self.bn.bias.view(1, -1, 1, 1) - mean * scale, h, scale)
+        return out if mask is None else out * mask
 
 
 def _run(layers, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,7 +84,7 @@ class Encoder(nn.Module):
         """[B, 1, message_dim, T] one-hot symbols -> [B, 1, bins, T]: the band's projection, zeros above it."""
         band = self.linear(message.transpose(2, 3)).transpose(2, 3)
         band = nn.functional.pad(band, (0, 0, 0, self.bins - band.shape[2]))
-        return band * mask
+        return band if mask is None else band * mask
 
 
 class CarrierDecoder(nn.Module):
@@ -101,9 +117,7 @@ class CarrierDecoder(nn.Module):
         first = self.main[0]
         conv_w, gate_w = self.folded_first()
         x = torch.cat([features, carrier, message], dim=1)
-        conv = nn.functional.conv2d(x, conv_w, first.conv.bias, padding=1)
-        gate = nn.functional.conv2d(x, gate_w, first.gate.bias, padding=1)
-        h = first.normalize(conv * torch.sigmoid(gate), mask)
+        h = first.normalize(gated(x, conv_w, first.conv.bias, gate_w, first.gate.bias, first.padding), mask)
         return _run(self.main[1:], h, mask)
 
 

@@ -29,8 +29,11 @@ class Spectra:
         return y[:length]
 
 
-def stack(spectra: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[bins, frames_i] each -> [B, 1, bins, max frames] zero-padded, and the mask of real frames [B, 1, 1, max]."""
+def stack(spectra: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[bins, frames_i] each -> [B, 1, bins, max frames] zero-padded, and the mask of real frames [B, 1, 1, max]
+    (None when every clip has them all: the networks then skip the masking)."""
+    if len({s.shape[-1] for s in spectra}) == 1:
+        return torch.stack(spectra)[:, None], None
     frames = max(s.shape[-1] for s in spectra)
     batch = torch.zeros(len(spectra), 1, spectra[0].shape[0], frames, device=spectra[0].device)
     mask = torch.zeros(len(spectra), 1, 1, frames, device=spectra[0].device)
