@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from csm_worker.watermark import REFERENCE_KEY, default_weights, key_id
+from csm_worker.watermark.weights import CHECKPOINT, FILES
 
 from jobs.model_source import local_model
 
-WATERMARK_FILES = ["*hparams.yaml", "*enc_c.ckpt", "*dec_c.ckpt", "*dec_m_0.ckpt", "config.json"]
+# An s3:// copy of the repo (or of its 44.1 kHz folder alone): only the files the networks load.
+WATERMARK_FILES = [f"{CHECKPOINT}/{name}" for name in FILES] + list(FILES)
 
 
 @dataclass(frozen=True)
