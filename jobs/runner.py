@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from jobs.storage import layout
-from jobs.storage.jobrecord import check_job_record, ensure_job_record, fingerprint
+from jobs.storage.jobrecord import check_job_record, ensure_job_record, fingerprint, record_watermark
 from jobs.manifests.manifest import ConversationSpec, ManifestError
 from jobs.storage.outputs import OutputWriter, committed_turns
 from jobs.plan.order import Defaults, WorkItem, plan
@@ -100,7 +100,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
     if cfg.voices and cfg.cast is None:
         cfg.cast = read_cast(cfg.voices, cfg.s3_endpoint_url)  # ManifestError, like the manifests' problems
     with planner(cfg, conversations) as plan_work:
-        check_weights_source(cfg.watermark, cfg.model)  # ModelLoadError before OUT is touched
+        watermark = check_weights_source(cfg.watermark, cfg.model)  # ModelLoadError before OUT is touched
         storage = open_storage(cfg.out, cfg.s3_endpoint_url)
         fp = fingerprint(cfg.model, cfg.revision, cfg.audio_format, cfg.defaults.as_dict(),
                          cfg.cast.hash if cfg.cast else None)
@@ -111,6 +111,7 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
             if cfg.new_run:
                 clear_previous_run(storage)
             ensure_job_record(storage, fp, new_run=cfg.new_run, cast=cast_record(cfg.cast))
+            record_watermark(storage, watermark)  # before any worker starts: no write of job.json mid-run
             committed = committed_turns(storage)
             work = plan_work(committed)
             writer = OutputWriter(storage, cfg.audio_format, cfg.model)

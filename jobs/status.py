@@ -39,6 +39,7 @@ class JobStatus:
     qc_failed: list[tuple[str, int, str]] = field(default_factory=list)  # (conversation, turn, failed checks)
     qc_retried: int = 0  # turns rendered more than once because an attempt failed the checks
     qc_rescued: int = 0  # of those, the turns whose kept attempt passed
+    watermark: dict = field(default_factory=dict)  # the latest run's watermark, from the job record
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
@@ -47,6 +48,11 @@ class JobStatus:
         if self.fingerprint:
             fp = self.fingerprint
             lines.append(f"model: {fp.get('model')}  format: {fp.get('audio_format')}  defaults: {fp.get('defaults')}")
+        if self.watermark:
+            w = self.watermark
+            lines.append("watermark: off (--watermark off)" if w.get("watermark") == "off" else
+                         f"watermark: on, key {w.get('watermark_key')}, weights {w.get('watermark_weights')} "
+                         f"(sha256 {str(w.get('watermark_sha256'))[:12]})")
         for v in self.cast:
             lines.append(f"voice: speaker {v['speaker']} {v.get('name') or '(no name)'}, {v.get('prompts')} prompt(s), "
                          f"hash {v['hash']}")
@@ -75,7 +81,8 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     """What OUT holds; with the job's (validated) manifest files, also what is pending. The manifests are summed
     per conversation by record batches (jobs.plan.spool.conversation_totals), never loaded whole."""
     record = read_job_record(storage) or {}
-    status = JobStatus(out=storage.url, fingerprint=record.get("fingerprint"), cast=record.get("cast") or [])
+    status = JobStatus(out=storage.url, fingerprint=record.get("fingerprint"), cast=record.get("cast") or [],
+                       watermark=record.get("watermark") or {})
     holder, now = read_holder(storage), time.time()
     if holder is not None and not holder.released:
         gone = " (gone: no longer renewed, or its process ended)" if is_stale(holder, now) else ""

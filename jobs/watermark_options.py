@@ -52,14 +52,17 @@ def make_finalizer(options: WatermarkOptions, model: str, device: str = "cpu",
     return marker.finalizer(options.key), marker
 
 
-def check_weights_source(options: WatermarkOptions, model: str) -> None:
+def check_weights_source(options: WatermarkOptions, model: str) -> dict:
     """On the driver, before anything is written: the weights must be there (ModelLoadError, exit 2). A hub id is
     fetched here once into this node's hub cache (12 MB), so a job whose nodes cannot reach the hub stops now,
-    not on every worker; s3:// prefixes are left to the workers."""
+    not on every worker; s3:// prefixes are left to the workers. Returns what the job record says: the options
+    and, unless the weights are on S3, their sha256."""
+    record = options.record(model)
     if not options.enabled:
-        return
-    from csm_worker.watermark.weights import checkpoint_dir
+        return record
+    from csm_worker.watermark.weights import checkpoint_dir, weights_id
 
     source = options.weights_for(model)
     if not source.startswith("s3://"):
-        checkpoint_dir(source)
+        record["watermark_sha256"] = weights_id(checkpoint_dir(source))
+    return record

@@ -18,7 +18,7 @@ import ray
 from csm_worker.errors import BadCheckpoint
 
 from jobs.export.live import live_exporter
-from jobs.storage.jobrecord import check_weights, record_watermark
+from jobs.storage.jobrecord import check_weights
 from jobs.storage.outputs import OutputWriter
 from jobs.progress import Progress
 from jobs.cluster.feeder import FeederLost
@@ -135,11 +135,9 @@ class Driver:
         self.summary.node_of_worker[worker.id] = info["node"]
         why = f" ({info['batch_size_why']})" if info.get("batch_size_why") else ""
         print(f"worker {worker.id}: {info['device']} {info['dtype']}, {info.get('backend')} backend, batch size "
-              f"{info['batch_size']}{why}, node {info['node'][:12]}", file=sys.stderr)
+              f"{info['batch_size']}{why}, node {info['node'][:12]}"
+              + (f", watermark {info['watermark']['weights']}" if info.get("watermark") else ""), file=sys.stderr)
         check_weights(self.writer.storage, info["weights_hash"])
-        marker = info.get("watermark") or {}
-        record_watermark(self.writer.storage, {**self.cfg.watermark.record(self.cfg.model),
-                                               **({"watermark_sha256": marker["sha256"]} if marker else {})})
 
     def _lost(self, stream, error: Exception) -> None:
         """A dead worker: its conversations go back to the queue, or fail when out of attempts; another worker

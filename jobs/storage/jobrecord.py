@@ -81,8 +81,8 @@ def check_weights(storage: Storage, weights_hash: str) -> None:
 
 
 def record_watermark(storage: Storage, watermark: dict) -> None:
-    """What marks this run's turns (jobs.watermark_options: on/off, key, weights and their sha256), recorded on the
-    first worker's start. Not part of the fingerprint: a later run may change it, and each turn's metadata says
+    """What marks this run's turns (jobs.watermark_options: on/off, key, weights and their sha256), recorded when
+    the run starts, before its workers (written only when it changed). Not part of the fingerprint: a later run may change it, and each turn's metadata says
     what marked it; the record keeps the latest run's."""
     record = read_job_record(storage) or {}
     if record.get("watermark") != watermark:

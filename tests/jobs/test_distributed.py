@@ -22,6 +22,8 @@ import pytest
 from jobs.storage import layout
 from jobs.manifests.manifest import ConversationSpec, TurnSpec
 from jobs.plan.order import Defaults
+from jobs.qc_options import QcOptions
+from jobs.watermark_options import WatermarkOptions
 from jobs.runner import RunConfig, run_job
 from jobs.storage import TMP_PREFIX
 
@@ -180,7 +182,10 @@ def test_watchdog_stops_a_stalled_worker_and_its_conversation_fails_after_max_at
     stall = conversations(1, prefix="stall")
     good = conversations(4)
     out = tmp_path / "out"
-    summary = run_job(config(out, watchdog_s=5.0, max_attempts=2), [*stall, *good])
+    # No watermark and no re-renders: on these CPUs they make a good worker's first commit take seconds, which a
+    # 5 s watchdog would take for a stall too (it did, on a 2-core EPYC, at the commit before the watermark too).
+    summary = run_job(config(out, watchdog_s=5.0, max_attempts=2, watermark=WatermarkOptions(enabled=False),
+                             qc=QcOptions(retries=0)), [*stall, *good])
     assert set(summary.failed) == {"stall00"}
     record = json.loads((out / layout.failure_key("stall00")).read_text())
     assert record["error_type"] == "WorkerLost" and record["attempts"] == 2

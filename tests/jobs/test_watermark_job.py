@@ -39,7 +39,8 @@ def outs(tmp_path_factory, csm_render):
         files = read_local_out(root / name)
         rows = {(r["conversation_id"], r["turn_index"]): r for r in metadata_rows(files)}
         audio = {key: sf.read(io.BytesIO(files[r["audio_path"]]), dtype="float32")[0] for key, r in rows.items()}
-        done[name] = {"files": files, "rows": rows, "audio": audio, "record": json.loads(files["job.json"])}
+        done[name] = {"files": files, "rows": rows, "audio": audio, "record": json.loads(files["job.json"]),
+                      "root": root / name}
     return done
 
 
@@ -72,6 +73,15 @@ def test_the_job_record_names_the_weights_and_their_hash(outs):
     record = outs["marked"]["record"]["watermark"]
     assert record == {"watermark": "on", "watermark_key": "d4d39238c9", "watermark_weights": RANDOM_WEIGHTS,
                       "watermark_sha256": load_watermarker(RANDOM_WEIGHTS).weights_id}
+
+
+def test_status_says_what_marked_the_job(outs):
+    from jobs.status import job_status
+    from jobs.storage import open_storage
+
+    marked = job_status(open_storage(str(outs["marked"]["root"]))).text()
+    assert "watermark: on, key d4d39238c9, weights random:silentcipher" in marked
+    assert "watermark: off" in job_status(open_storage(str(outs["off"]["root"]))).text()
 
 
 def test_off_is_recorded_as_off(outs):

@@ -25,13 +25,13 @@ def test_killed_while_encoding_then_resumed(tmp_path, monkeypatch):
     storage, _ = local_job(tmp_path, JOB)
     real, calls = per_conversation.write_audio, []
 
-    def dies_on_the_third(path, samples, fmt):
+    def dies_on_the_third(path, samples, fmt, *tags):
         calls.append(path)
         if len(calls) == 3:
             with open(path, "wb") as f:
                 f.write(b"RIFF half")  # the scratch file, half written
             raise Killed()
-        real(path, samples, fmt)
+        real(path, samples, fmt, *tags)
 
     monkeypatch.setattr(per_conversation, "write_audio", dies_on_the_third)
     with pytest.raises(Killed):
