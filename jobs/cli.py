@@ -130,6 +130,10 @@ _JOB_OPTIONS = [
     click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Job seed; turns without "
                  "their own seed derive one from it, the conversation and the turn index."),
     click.option("--new-run", is_flag=True, help="OUT holds a job with other settings: forget it and render anew."),
+    click.option("--rerender-failed", is_flag=True,
+                 help="Render again, as a new recorded pass, the finished turns that failed the quality checks and "
+                      "the turns after them in their conversations (they heard the failed turn), with new seeds; "
+                      "earlier passes' files are kept. An interrupted pass is resumed by the next run."),
     click.option("--qc-retries", default=2, show_default=True, type=click.IntRange(0, 10),
                  help="A turn that fails the quality checks is rendered again up to this many more times (another "
                       "seed, derived from its own) before the next turn hears it; the best attempt is kept."),
@@ -181,7 +185,8 @@ def job_options(command):
               help="--export's hf and webdataset: keep the turns that failed the quality checks (flagged).")
 def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_size, workers, gpus_per_worker,
         max_attempts, watchdog_s, lock_wait_s, if_busy, address, audio_format, temperature, top_k,
-        max_audio_length_ms, seed, new_run, qc_retries, qc_thresholds, qc_asr, qc_max_cer, watermark, watermark_key,
+        max_audio_length_ms, seed, new_run, rerender_failed, qc_retries, qc_thresholds, qc_asr, qc_max_cer,
+        watermark, watermark_key,
         watermark_weights, voices, export_kinds, export_format,
         export_loudness, export_pause_ms, export_include_failed_qc, backend) -> None:
     """Render every turn of MANIFESTS into OUT. Re-running the same command resumes."""
@@ -196,13 +201,16 @@ def run(manifests, out, s3_endpoint_url, model, revision, device, dtype, batch_s
     if batch_size != "auto" and not (batch_size.isdigit() and 0 < int(batch_size) <= 4096):
         _fail(f"--batch-size must be a positive integer or auto, not {batch_size!r}")
     batch_size = batch_size if batch_size == "auto" else int(batch_size)
+    if new_run and rerender_failed:
+        _fail("--rerender-failed renders a job's failed turns again; --new-run forgets the job: choose one")
     if "://" not in out:  # workers on other nodes would resolve a relative OUT from their own folder
         out = os.path.abspath(out)
     cfg = RunConfig(manifests=list(manifests), out=out, model=model, revision=revision, device=device,
                     dtype=None if dtype == "auto" else dtype, batch_size=batch_size, workers=workers,
                     gpus_per_worker=gpus_per_worker, max_attempts=max_attempts, watchdog_s=watchdog_s,
                     lock_wait_s=lock_wait_s,
-                    address=address, audio_format=audio_format, new_run=new_run, s3_endpoint_url=s3_endpoint_url,
+                    address=address, audio_format=audio_format, new_run=new_run, rerender_failed=rerender_failed,
+                    s3_endpoint_url=s3_endpoint_url,
                     voices=voices, backend=backend,
                     defaults=Defaults(temperature, top_k, max_audio_length_ms, seed),
                     qc=_qc_options(qc_retries, qc_thresholds, qc_asr, qc_max_cer),

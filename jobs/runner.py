@@ -19,6 +19,7 @@ from jobs.storage.jobrecord import check_job_record, ensure_job_record, fingerpr
 from jobs.manifests.manifest import ConversationSpec, ManifestError
 from jobs.storage.outputs import OutputWriter, committed_turns
 from jobs.plan.order import Defaults, WorkItem, plan
+from jobs.plan.passes import RenderPass, begin_pass, finish_pass
 from jobs.qc_options import QcOptions
 from jobs.watermark_options import WatermarkOptions, check_weights_source
 from jobs.progress import Progress
@@ -56,6 +57,8 @@ class RunConfig:
     cast: Cast | None = None  # read from `voices` by run_job; the workers get it with the config
     qc: QcOptions = field(default_factory=QcOptions)  # --qc-retries, --qc-threshold (jobs/qc_options.py)
     watermark: WatermarkOptions = field(default_factory=WatermarkOptions)  # --watermark* (jobs/watermark_options.py)
+    rerender_failed: bool = False  # --rerender-failed: a new pass over the finished turns that failed QC
+    rerender: RenderPass | None = None  # the pass this run renders (jobs/plan/passes.py), set by run_job
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Summary:
     node_of_worker: dict[str, str] = field(default_factory=dict)  # worker id -> Ray node id it ran on
     workers_lost: int = 0  # workers that died (killed, node gone, watchdog) and were replaced
     exports: str = ""  # run --export: the final export pass's summary
+    passes: list[str] = field(default_factory=list)  # what this run did of a re-render pass
 
     @property
     def exit_code(self) -> int:
@@ -88,6 +92,7 @@ class Summary:
             lines.append(f"workers lost and replaced: {self.workers_lost} (their conversations were requeued)")
         for cid, err in sorted(self.failed.items()):
             lines.append(f"FAILED {cid}: {err}")
+        lines += self.passes
         if self.exports:
             lines.append(self.exports)
         return "\n".join(lines)
@@ -112,11 +117,13 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
                 clear_previous_run(storage)
             ensure_job_record(storage, fp, new_run=cfg.new_run, cast=cast_record(cfg.cast))
             record_watermark(storage, watermark)  # before any worker starts: no write of job.json mid-run
-            committed = committed_turns(storage)
+            cfg.rerender, announced = begin_pass(storage, cfg.rerender_failed)  # an open pass is resumed
+            committed = committed_turns(storage, rerender=cfg.rerender)
             work = plan_work(committed)
-            writer = OutputWriter(storage, cfg.audio_format, cfg.model)
-            repair_metadata(storage, writer, work.complete_ids(), committed)
-            summary = Summary(conversations=work.conversations, already_complete=work.already_complete)
+            writer = OutputWriter(storage, cfg.audio_format, cfg.model, rerender=cfg.rerender)
+            repair_metadata(storage, writer, work.complete_ids(), committed, cfg.rerender)
+            summary = Summary(conversations=work.conversations, already_complete=work.already_complete,
+                              passes=[announced] if announced else [])
             if work.work_conversations:
                 _render(cfg, work, summary, writer, lock.check)
                 # A worker that died mid-job (killed, node lost, watchdog) may have left temp files of the writes
@@ -124,6 +131,8 @@ def run_job(cfg: RunConfig, conversations: list[ConversationSpec] | None = None)
                 # another run took OUT over while this one was not heard from.
                 if lock.held:
                     storage.remove_leftovers(layout.FOLDERS)
+            if cfg.rerender is not None and lock.held:
+                summary.passes.append(_close_pass(storage, cfg.rerender))
             if cfg.export:
                 from jobs.export.live import final_export
                 from jobs.export.options import ExportRequestError
@@ -174,6 +183,15 @@ def in_memory_work(conversations: list[ConversationSpec], committed: dict[str, s
                 complete_ids=lambda: (c.conversation_id for c in conversations if c.conversation_id not in pending))
 
 
+def _close_pass(storage: Storage, current: RenderPass) -> str:
+    short = finish_pass(storage, current)
+    if not short:
+        return f"re-render pass {current.number}: done"
+    return (f"re-render pass {current.number}: left open, {len(short)} conversations not rendered again yet (failed, "
+            f"or not in these manifests: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}); the next run "
+            "resumes it")
+
+
 def cast_record(cast: Cast | None) -> list[dict] | None:
     """The cast as the job record keeps it for `status`: who each voice is, and its hash."""
     if cast is None:
@@ -186,21 +204,23 @@ def clear_previous_run(storage: Storage) -> None:
     """--new-run: discard the earlier run (commit records first, so no turn stays committed without its files),
     then render every turn with the new settings. Exports under OUT/exports/ go too: they were made from the
     discarded turns (an export to another DEST is left alone)."""
-    for prefix in ("commits/", "metadata/", "failures/", "audio/", "codes/", layout.EXPORTS):
+    for prefix in ("commits/", "metadata/", "failures/", "audio/", "codes/", layout.PASSES, layout.EXPORTS):
         for key in storage.list(prefix):
             storage.delete(key)
 
 
 def repair_metadata(storage: Storage, writer: OutputWriter, complete_ids: Iterable[str],
-                    committed: dict[str, set[int]]) -> None:
+                    committed: dict[str, set[int]], rerender: RenderPass | None = None) -> None:
     """Rewrite, from the commit records, the metadata of complete conversations that a killed run left without
     it (killed between the last commit and the metadata file), or with the rows of an earlier, failed attempt: a
     partial metadata file is only ever written after its failure record, and the failure record is only removed
-    after a whole one, so a complete conversation that still has a failure record may have too few rows."""
+    after a whole one, so a complete conversation that still has a failure record may have too few rows. In an
+    open re-render pass, its conversations' too: one completed in it may still have the earlier pass's rows."""
     have = set(storage.list("metadata/"))
     failed = set(storage.list("failures/"))
     for cid in complete_ids:
-        stale = layout.metadata_key(cid) not in have or layout.failure_key(cid) in failed
+        stale = layout.metadata_key(cid) not in have or layout.failure_key(cid) in failed or \
+            (rerender is not None and cid in rerender.turns)
         if stale and committed.get(cid):
             writer.write_metadata_from_commits(cid, committed[cid])
             writer.clear_failure(cid)

@@ -16,6 +16,7 @@ from jobs.storage import layout
 from jobs.storage.jobrecord import read_job_record
 from jobs.storage.outputs import TurnSet, committed_turns
 from jobs.storage.run_lock import is_stale, read_holder
+from jobs.plan.passes import open_pass, pass_history
 from jobs.plan.spool import conversation_totals
 from jobs.storage import Storage
 
@@ -40,6 +41,7 @@ class JobStatus:
     qc_retried: int = 0  # turns rendered more than once because an attempt failed the checks
     qc_rescued: int = 0  # of those, the turns whose kept attempt passed
     watermark: dict = field(default_factory=dict)  # the latest run's watermark, from the job record
+    passes: list[str] = field(default_factory=list)  # the re-render passes (`run --rerender-failed`), described
 
     def text(self) -> str:
         lines = [f"output: {self.out}"]
@@ -64,8 +66,10 @@ class JobStatus:
         if self.qc_retried:
             lines.append(f"re-rendered: {self.qc_retried} turns failed a first attempt; {self.qc_rescued} of them "
                          "passed on a later one")
+        lines += self.passes
         if self.qc_failed:
-            lines.append(f"quality: {len(self.qc_failed)} of {self.turns_done} turns failed the checks; the worst:")
+            lines.append(f"quality: {len(self.qc_failed)} of {self.turns_done} turns failed the checks (`run "
+                         "--rerender-failed` renders them again); the worst:")
         for cid, idx, checks in self.worst_qc():
             lines.append(f"QC {cid}/{idx}: {checks}")
         for cid, err in sorted(self.failures.items()):
@@ -87,7 +91,9 @@ def job_status(storage: Storage, manifest_files: list[str] | None = None) -> Job
     if holder is not None and not holder.released:
         gone = " (gone: no longer renewed, or its process ended)" if is_stale(holder, now) else ""
         status.running = holder.describe(now) + gone
-    committed = committed_turns(storage)
+    # In an open re-render pass, the turns it covers are pending until it commits them.
+    committed = committed_turns(storage, rerender=open_pass(storage))
+    status.passes = pass_history(storage)
     finished = set(storage.iter_list("metadata/"))
     status.turns_done = sum(len(t) for t in committed.values())
     status.audio_seconds, status.qc_failed, status.qc_retried, status.qc_rescued = \

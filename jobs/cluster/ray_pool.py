@@ -120,7 +120,8 @@ def start_worker(cfg, resources: dict, feeder) -> tuple[str, object, object]:
         scheduling_strategy="SPREAD").remote(
         cfg.model, cfg.out, device=worker_device(cfg, resources), dtype=cfg.dtype, batch_size=cfg.batch_size,
         audio_format=cfg.audio_format, defaults=cfg.defaults, s3_endpoint_url=cfg.s3_endpoint_url,
-        cast=cfg.cast, backend=cfg.backend, qc=cfg.qc, watermark=cfg.watermark)
+        cast=cfg.cast, backend=cfg.backend, qc=cfg.qc, watermark=cfg.watermark,
+        rerender=cfg.rerender)
     stream = actor.render.options(num_returns="streaming").remote(feeder, worker_id)
     return worker_id, actor, stream
 

@@ -19,6 +19,7 @@ from jobs.storage.jobrecord import read_job_record
 from jobs.model_source import local_model
 from jobs.storage.outputs import OutputWriter
 from jobs.plan.order import Defaults, WorkItem, settings_for
+from jobs.plan.passes import RenderPass, pass_seed
 from jobs.qc_judge import make_judge
 from jobs.qc_options import QcOptions
 from jobs.watermark_options import WatermarkOptions, make_finalizer
@@ -43,13 +44,14 @@ class RenderWorker:
                  batch_size: int | str = 8,
                  audio_format: str = "wav", defaults: Defaults = Defaults(), s3_endpoint_url: str | None = None,
                  cast: Cast | None = None, backend: str | None = None, qc: QcOptions = QcOptions(),
-                 watermark: WatermarkOptions = WatermarkOptions()):
+                 watermark: WatermarkOptions = WatermarkOptions(), rerender: RenderPass | None = None):
         self.generator = load_csm_1b(device, local_model(model, s3_endpoint_url), dtype, backend=backend)
         self.cast = cast
         self._prompt_audio: dict[str, object] = {}  # the cast's recordings, read once per worker
         if batch_size == "auto":
             batch_size = default_batch_size(self.generator)
-        self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model, watermark.record(model))
+        self.writer = OutputWriter(open_storage(out, s3_endpoint_url), audio_format, model, watermark.record(model),
+                                   rerender)
         self.s3_endpoint_url = s3_endpoint_url
         self.defaults = defaults
         self.batch_size = batch_size
@@ -130,9 +132,9 @@ class RenderWorker:
             if attempt > 1:  # a retry: a worker that died may have committed more turns since the plan was made
                 item = WorkItem(item.spec, self.writer.committed(item.conversation_id))
             voiced = self.cast.speakers_for(item.spec.turns) if self.cast is not None else ()
-            state[item.conversation_id] = _Progress(item, attempt, voiced)
+            progress = state[item.conversation_id] = _Progress(item, attempt, voiced)
             try:
-                request = self._request(item)
+                request = self._request(item, progress)
             except Exception as e:  # unreadable voice prompt, missing codes: this conversation fails alone
                 # Sent on as a conversation of no turns carrying its error: the engine hands it back at once as
                 # ConversationDone, even when it has no other rows (an idle engine yields nothing else, and a
@@ -141,17 +143,23 @@ class RenderWorker:
                 request = ConversationRequest(item.conversation_id, [], tag=e)
             yield request
 
-    def _request(self, item: WorkItem) -> ConversationRequest:
+    def _request(self, item: WorkItem, progress: "_Progress") -> ConversationRequest:
         turns = self._cast_prompts(item.spec.turns)
+        # Each committed turn's current record (its latest pass): one listing, only for a resumed conversation.
+        progress.passes = self.writer.latest_passes(item.conversation_id) if item.committed else {}
+        rerender = self.writer.rerender
         for t in item.spec.turns:
             s = settings_for(t, self.defaults)
+            render_pass = rerender.pass_of(t.conversation_id, t.turn_index) if rerender else 1
             common = dict(turn_index=t.turn_index, speaker=t.speaker, text=t.text, temperature=s["temperature"],
-                          top_k=s["top_k"], max_audio_length_ms=s["max_audio_length_ms"], seed=s["seed"])
+                          top_k=s["top_k"], max_audio_length_ms=s["max_audio_length_ms"],
+                          seed=pass_seed(s["seed"], render_pass))
             if t.is_given:
                 turns.append(TurnRequest(**common, audio=self._voice(t.audio)))
             elif t.turn_index in item.committed:
                 # Resumed: the earlier render's codes are its context, exactly as if it had just been rendered.
-                turns.append(TurnRequest(**common, codes=self.writer.load_codes(t.conversation_id, t.turn_index)))
+                codes = self.writer.load_codes(t.conversation_id, t.turn_index, progress.passes.get(t.turn_index, 1))
+                turns.append(TurnRequest(**common, codes=codes))
             else:
                 turns.append(TurnRequest(**common))
         return ConversationRequest(item.conversation_id, turns)
@@ -224,7 +232,8 @@ class RenderWorker:
             feed.finish(cid)
             return {"event": "done", "conversation_id": cid, "error": error, "error_type": error_type,
                     "turns_committed": len(item.committed) + len(progress.rows)}
-        rows = [self.writer.read_commit(cid, i) for i in sorted(item.committed)] + progress.rows
+        rows = [self.writer.read_commit(cid, i, progress.passes.get(i, 1)) for i in sorted(item.committed)]
+        rows += progress.rows
         # A failure record before a partial metadata file, a whole metadata file before its failure record is
         # cleared: then a complete conversation without a failure record has all its rows (runner.repair_metadata
         # relies on it, whatever crashed when).
@@ -268,3 +277,4 @@ class _Progress:
         self.rows: list[dict] = []
         self.error: tuple[str, str] | None = None
         self.superseded = False  # another worker or run committed one of its turns
+        self.passes: dict[int, int] = {}  # committed turn -> its current record's pass (OutputWriter.latest_passes)

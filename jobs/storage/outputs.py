@@ -64,12 +64,17 @@ METADATA_SCHEMA = pa.schema([
     ("watermark", pa.string()),
     ("watermark_key", pa.string()),
     ("watermark_weights", pa.string()),
+    # Which render pass committed the turn: 1, the job's first render; n > 1, `run --rerender-failed`'s pass n
+    # (jobs/plan/passes.py: it rendered the conversation's failed turn and those after it again).
+    ("render_pass", pa.int32()),
 ])
 
 
 class OutputWriter:
-    def __init__(self, storage: Storage, audio_format: str = "wav", model: str = "", watermark: dict | None = None):
+    def __init__(self, storage: Storage, audio_format: str = "wav", model: str = "", watermark: dict | None = None,
+                 rerender=None):
         self.storage = storage
+        self.rerender = rerender  # the open re-render pass (jobs.plan.passes.RenderPass), if any
         self.watermark = watermark or {"watermark": "off"}  # jobs.watermark_options.WatermarkOptions.record()
         self.audio_format = audio_format
         self.ext = audio_extension(audio_format)
@@ -81,7 +86,9 @@ class OutputWriter:
         cast voice the turn was conditioned on. The turn's checks are its `quality` (None: unchecked), of the
         attempt `attempt` of the `attempts` the engine rendered."""
         cid, idx = turn.conversation_id, turn.turn_index
-        if self.storage.exists(layout.commit_key(cid, idx)):
+        render_pass = self.rerender.pass_of(cid, idx) if self.rerender else 1
+        commit_key = layout.commit_key(cid, idx, render_pass)
+        if self.storage.exists(commit_key):
             # Only a worker that outlived its lease gets here (its node cut off, its run taken over): the turn is
             # someone else's now, and its files must keep matching the record's sha256 and the next turn's context.
             # This narrows the window, not closes it: two workers that both pass this check before either commits
@@ -94,8 +101,8 @@ class OutputWriter:
         watermark = self._watermark_columns(turn)
         tags = audio_tags(f"{cid} turn {idx}", self.model, watermark)  # the file says it is synthetic
         data = encode_audio(turn.audio, fmt, turn.sample_rate, tags)
-        audio_path = layout.audio_key(cid, idx, ext)
-        codes_path = layout.codes_key(cid, idx)
+        audio_path = layout.audio_key(cid, idx, ext, render_pass)
+        codes_path = layout.codes_key(cid, idx, render_pass)
         self.storage.write_bytes(audio_path, data)
         self.storage.write_bytes(codes_path, codes_to_bytes(turn.codes))
         row = {
@@ -106,11 +113,11 @@ class OutputWriter:
             "temperature": float(temperature), "top_k": int(top_k), "pause_ms": pause_ms, "model": self.model,
             "sha256": audio_sha256(data), "rendered_at": layout.timestamp(),
             "voice_name": voice[0], "voice_hash": voice[1], **qc_columns(turn.quality, turn.attempt, turn.attempts),
-            **watermark,
+            **watermark, "render_pass": render_pass,
         }
         # Create-only (a hard link locally, If-None-Match on S3): a commit record is never replaced, and a retry
         # that finds our own record (its first response was lost) counts as done.
-        self.storage.write_new(layout.commit_key(cid, idx), json.dumps(row, sort_keys=True).encode())
+        self.storage.write_new(commit_key, json.dumps(row, sort_keys=True).encode())
         return row
 
     def _watermark_columns(self, turn: RenderedTurn) -> dict:
@@ -118,15 +125,25 @@ class OutputWriter:
             return {"watermark_key": None, "watermark_weights": None, **self.watermark}
         return {"watermark": turn.watermark or "off", "watermark_key": None, "watermark_weights": None}
 
-    def read_commit(self, conversation_id: str, turn_index: int) -> dict:
-        return json.loads(self.storage.read_bytes(layout.commit_key(conversation_id, turn_index)))
+    def read_commit(self, conversation_id: str, turn_index: int, render_pass: int = 1) -> dict:
+        return json.loads(self.storage.read_bytes(layout.commit_key(conversation_id, turn_index, render_pass)))
 
     def committed(self, conversation_id: str) -> set[int]:
-        """The conversation's committed turn indices, listed now."""
-        return committed_turns(self.storage, conversation_id).get(conversation_id, set())
+        """The conversation's committed turn indices, listed now (in the open re-render pass, if any)."""
+        return committed_turns(self.storage, conversation_id, self.rerender).get(conversation_id, set())
 
-    def load_codes(self, conversation_id: str, turn_index: int) -> np.ndarray:
-        return codes_from_bytes(self.storage.read_bytes(layout.codes_key(conversation_id, turn_index)))
+    def latest_passes(self, conversation_id: str) -> dict[int, int]:
+        """Each committed turn's current record: the latest pass that committed it (of those standing in the open
+        pass), listed now. Pass 1 for every turn of a job never re-rendered."""
+        latest: dict[int, int] = {}
+        for key in self.storage.iter_list(f"commits/{conversation_id}/"):
+            parsed = layout.parse_commit(key)
+            if parsed and (self.rerender is None or self.rerender.counts(parsed)):
+                latest[parsed.turn_index] = max(latest.get(parsed.turn_index, 1), parsed.render_pass)
+        return latest
+
+    def load_codes(self, conversation_id: str, turn_index: int, render_pass: int = 1) -> np.ndarray:
+        return codes_from_bytes(self.storage.read_bytes(layout.codes_key(conversation_id, turn_index, render_pass)))
 
     def write_metadata(self, conversation_id: str, rows: list[dict]) -> None:
         """The conversation's rows, one per committed turn, replacing any earlier file whole."""
@@ -137,8 +154,10 @@ class OutputWriter:
         self.storage.write_bytes(layout.metadata_key(conversation_id), buf.getvalue())
 
     def write_metadata_from_commits(self, conversation_id: str, turns: set[int]) -> None:
-        """The conversation's rows read back from the commit records of `turns` (its committed turns)."""
-        self.write_metadata(conversation_id, [self.read_commit(conversation_id, i) for i in sorted(turns)])
+        """The conversation's rows read back from the current commit records of `turns` (its committed turns)."""
+        latest = self.latest_passes(conversation_id)
+        self.write_metadata(conversation_id, [self.read_commit(conversation_id, i, latest.get(i, 1))
+                                              for i in sorted(turns)])
 
     def write_failure(self, conversation_id: str, error_type: str, message: str, attempts: int,
                       turns_committed: int) -> None:
@@ -165,15 +184,17 @@ def qc_result(quality: TurnQuality | None) -> dict:
             "qc_cer": m.get("cer"), "qc_wer": m.get("wer"), "qc_transcript": m.get("transcript")}
 
 
-def committed_turns(storage: Storage, conversation_id: str | None = None) -> dict[str, TurnSet]:
+def committed_turns(storage: Storage, conversation_id: str | None = None, rerender=None) -> dict[str, TurnSet]:
     """Committed turn indices by conversation, from one listing of commits/ (of one conversation's folder only,
     when given), streamed: a resumed job of millions of turns holds neither the listing nor a Python set per
-    conversation (see TurnSet), only a few bytes per committed turn."""
+    conversation (see TurnSet), only a few bytes per committed turn. A turn counts once, whatever the passes that
+    committed it; in an open re-render pass (`rerender`, jobs.plan.passes.RenderPass) a turn it covers counts only
+    once that pass committed it."""
     done: dict[str, array] = defaultdict(lambda: array("q"))
     for key in storage.iter_list(f"commits/{conversation_id}/" if conversation_id else "commits/"):
-        parsed = layout.parse_commit_key(key)
-        if parsed:
-            done[parsed[0]].append(parsed[1])
+        parsed = layout.parse_commit(key)
+        if parsed and (rerender is None or rerender.counts(parsed)):
+            done[parsed.conversation_id].append(parsed.turn_index)
     return {cid: TurnSet(turns) for cid, turns in done.items()}
 
 

@@ -10,6 +10,10 @@ retries run):
 - "qc-maxlen*": the model never ended the turn (max_length);
 - "qc-always*": turn 0 is silent on every attempt: none passes, so the least bad is kept and flagged.
 
+With CSM_TEST_QC_TRANSIENT_SEED=<job seed>, the faults of turn 1 hit only its render with the seed that job seed
+gives it (the first pass): a re-render pass (`run --rerender-failed`, another seed) renders it cleanly, as it would
+a real turn whose failure was bad luck. "qc-always" stays failed in every pass.
+
 With CSM_TEST_RETRY_MARK=PATH, every re-render touches PATH and then takes CSM_TEST_RETRY_SLEEP_S longer, so a test
 can kill the run while one is in flight.
 
@@ -37,18 +41,28 @@ def speech_like(num_samples: int, sample_rate: int, seed: int) -> np.ndarray:
     return (0.3 * envelope * np.sin(2 * np.pi * (140 + 10 * (seed % 5)) * t)).astype(np.float32)
 
 
-def fault_for(conversation_id: str, turn_index: int, attempt: int) -> str | None:
+def fault_for(conversation_id: str, turn_index: int, attempt: int, seed: int | None = None) -> str | None:
     for name in ("silent", "half", "maxlen"):
-        if conversation_id.startswith(f"qc-{name}") and turn_index == 1 and attempt == 1:
+        if conversation_id.startswith(f"qc-{name}") and turn_index == 1 and attempt == 1 and \
+                _first_pass(conversation_id, turn_index, seed):
             return name
     return "silent" if conversation_id.startswith("qc-always") and turn_index == 0 else None
+
+
+def _first_pass(conversation_id: str, turn_index: int, seed: int | None) -> bool:
+    job_seed = os.environ.get("CSM_TEST_QC_TRANSIENT_SEED")
+    if not job_seed or seed is None:
+        return True
+    from jobs.plan.order import turn_seed
+
+    return seed == turn_seed(int(job_seed), conversation_id, turn_index)
 
 
 def apply(turn) -> None:
     """The attempt as the test wants the judge to see it."""
     turn.end_reason = "eos"
     turn.audio = speech_like(turn.num_frames * 1920, turn.sample_rate, turn.turn_index)
-    fault = fault_for(turn.conversation_id, turn.turn_index, turn.attempt)
+    fault = fault_for(turn.conversation_id, turn.turn_index, turn.attempt, turn.seed)
     if fault == "silent":
         turn.audio = np.full_like(turn.audio, 1e-5)
     elif fault == "half":

@@ -40,7 +40,8 @@ def test_qc_records_the_checks_in_the_metadata_and_leaves_the_commits(job, csm_r
         assert json.loads(job.read_bytes(layout.commit_key(cid, 0)))["qc_status"] == "unchecked"
 
     status = csm_render("status", job.url)
-    assert "quality: 3 of 3 turns failed the checks; the worst:" in status.stdout
+    assert ("quality: 3 of 3 turns failed the checks "
+            "(`run --rerender-failed` renders them again); the worst:") in status.stdout
 
     again = csm_render("qc", job.url)  # nothing new to record: no file is rewritten
     before = job.read_bytes(layout.metadata_key("a"))

@@ -96,10 +96,12 @@ def test_a_turn_that_never_passes_keeps_its_least_bad_attempt_flagged(runs):
 def test_status_counts_the_re_renders_and_the_flagged_turns(runs):
     lines = runs["gated"]["status"].splitlines()
     assert "re-rendered: 4 turns failed a first attempt; 3 of them passed on a later one" in lines
-    assert f"quality: 1 of {len(EXPECTED)} turns failed the checks; the worst:" in lines
+    assert (f"quality: 1 of {len(EXPECTED)} turns failed the checks "
+            "(`run --rerender-failed` renders them again); the worst:") in lines
     assert [line for line in lines if line.startswith("QC ")] == ["QC qc-always/0: mostly_silence"]
     reference = runs["reference"]["status"].splitlines()
-    assert f"quality: 4 of {len(EXPECTED)} turns failed the checks; the worst:" in reference
+    assert (f"quality: 4 of {len(EXPECTED)} turns failed the checks "
+            "(`run --rerender-failed` renders them again); the worst:") in reference
     assert not any(line.startswith("re-rendered:") for line in reference)
 
 

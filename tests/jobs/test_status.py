@@ -74,7 +74,8 @@ def test_turns_that_failed_the_quality_checks_are_counted_and_the_worst_listed(s
                                         ("b", 0, "clipping")]
     assert (status.qc_retried, status.qc_rescued) == (3, 2)  # a/0 and b/1 passed on a later attempt, a/1 never
     lines = status.text().splitlines()
-    assert "quality: 3 of 6 turns failed the checks; the worst:" in lines
+    assert ("quality: 3 of 6 turns failed the checks "
+            "(`run --rerender-failed` renders them again); the worst:") in lines
     assert "re-rendered: 3 turns failed a first attempt; 2 of them passed on a later one" in lines
     worst = [line for line in lines if line.startswith("QC ")]
     assert worst == ["QC a/2: max_length,trailing_silence", "QC a/1: too_slow", "QC b/0: clipping"]
