@@ -503,15 +503,21 @@ def export(out, kinds, dest, audio_format, pause_ms, fade_ms, loudness_lufs, tru
               help="When a file does not read as the key from its first sample, look for the mark's frames every "
                    "this many samples (0: do not search; the search costs a decoder pass per step).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def verify(paths, key, weights, search_step, device) -> None:
-    """Say for each audio file under PATHS (files, folders, an OUT, an export) whether it carries the watermark,
-    its key and the confidence. Exit 1 if any file is unmarked."""
+@click.option("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// PATHS or weights.")
+def verify(paths, key, weights, search_step, device, s3_endpoint_url) -> None:
+    """Say for each audio file under PATHS (files, folders, an OUT, an export; local or s3://) whether it carries
+    the watermark, its key and the confidence. Exit 1 if any file is unmarked."""
     import torch
 
-    from csm_worker.watermark import HUB_REPO, REFERENCE_KEY, WatermarkKeyError, key_id, load_watermarker, parse_key
+    from csm_worker.watermark import HUB_REPO, REFERENCE_KEY, WatermarkKeyError, key_id, parse_key
+    from jobs.storage import StorageError
     from jobs.verify import VerifyError, clips, decode, job_watermark
+    from jobs.watermark_options import load_marker
 
-    record = job_watermark(list(paths))
+    try:
+        record = job_watermark(list(paths), s3_endpoint_url)
+    except (StorageError, ValueError) as e:
+        _fail(str(e))
     try:
         wanted = parse_key(key) if key else (tuple(bytes.fromhex(record["watermark_key"]))
                                               if record.get("watermark_key") else None)
@@ -519,20 +525,20 @@ def verify(paths, key, weights, search_step, device) -> None:
         _fail(str(e))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     try:
-        marker = load_watermarker(weights or record.get("watermark_weights") or HUB_REPO, device)
-    except ModelLoadError as e:
+        marker = load_marker(weights or record.get("watermark_weights") or HUB_REPO, device, s3_endpoint_url)
+    except (ModelLoadError, StorageError) as e:
         _fail(str(e))
     wanted = wanted or REFERENCE_KEY
     counts = {"marked": 0, "unmarked": 0}
     try:
-        for clip in clips(list(paths)):
+        for clip in clips(list(paths), s3_endpoint_url):
             samples, rate = decode(clip)
             found = marker.detect(samples, rate, wanted, search_step=search_step)
             state = "marked" if found.marked else "unmarked"
             counts[state] += 1
             read = key_id(found.key) if found.key and all(0 <= b < 256 for b in found.key) else "-"
             click.echo(f"{state:9s} key {read:10s} confidence {found.confidence:.2f}  {clip.name}")
-    except VerifyError as e:
+    except (VerifyError, StorageError) as e:
         _fail(str(e))
     if not sum(counts.values()):
         _fail(f"no audio files under {', '.join(paths)}")

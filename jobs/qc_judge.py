@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pathlib import Path
-
-from csm_worker.quality.asr import PipelineRecognizer, asr_model_dir, looks_like_path
+from csm_worker.model.sources import meant_as_folder
+from csm_worker.quality.asr import PipelineRecognizer, asr_model_dir
 from csm_worker.quality.judge import asr_judge, checks_judge
 
-from jobs.model_source import is_s3_model, local_model
+from jobs.model_source import local_model
 from jobs.qc_options import QcOptions
 
 ASR_BATCH = 16  # turns the recognizer hears at once (the engine judges at most a batch of turns per step)
@@ -32,5 +31,5 @@ def check_recognizer_source(model: str) -> None:
     """On the driver, before anything is written: a local `--qc-asr` folder that is missing or holds no model is
     refused (ModelLoadError) here rather than by every worker. Hub ids and s3:// prefixes are fetched by the
     workers, once per node; a worker that finds them unusable stops the job (BadCheckpoint)."""
-    if not is_s3_model(model) and (Path(model).expanduser().is_dir() or looks_like_path(model)):
+    if meant_as_folder(model):
         asr_model_dir(model)

@@ -43,13 +43,16 @@ def make_finalizer(options: WatermarkOptions, model: str, device: str = "cpu",
     ModelLoadError (BadCheckpoint when the files are not silentcipher's) before any work."""
     if not options.enabled:
         return None, None
+    marker = load_marker(options.weights_for(model), device, s3_endpoint_url)
+    return marker.finalizer(options.key), marker
+
+
+def load_marker(source: str, device: str = "cpu", s3_endpoint_url: str | None = None):
+    """The watermark with the weights of `source` (a hub id, local folder, s3:// prefix or random:silentcipher),
+    named by `source` itself: an s3:// prefix's local copy (fetched once per node) by the prefix it came from."""
     from csm_worker.watermark import load_watermarker
 
-    source = options.weights_for(model)
-    folder = local_model(source, s3_endpoint_url, patterns=WATERMARK_FILES)
-    marker = load_watermarker(folder, device)
-    marker.source = source  # an s3:// prefix's local copy is named by the prefix it came from
-    return marker.finalizer(options.key), marker
+    return load_watermarker(local_model(source, s3_endpoint_url, patterns=WATERMARK_FILES), device, label=source)
 
 
 def check_weights_source(options: WatermarkOptions, model: str) -> dict:

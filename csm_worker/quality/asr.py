@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..model.sources import looks_like_path
+
 DEFAULT_MAX_CER = 0.2  # above: the turn does not say its text (see the README's "ASR check" for why this value)
 # What a recognizer's repo needs: configs, tokenizer/vocabulary files and safetensors weights (not its .bin, Flax,
 # TensorFlow or ONNX copies).
@@ -118,11 +120,6 @@ def asr_model_dir(model: str, revision: str | None = None) -> Path:
         return hub_snapshot(model, revision, ASR_PATTERNS)
     except ModelLoadError as e:
         raise ModelLoadError(f"--qc-asr {model}: {e}") from e
-
-
-def looks_like_path(model: str) -> bool:
-    """A hub id is `name` or `owner/name`; anything else the user meant as a folder (and the hub would refuse)."""
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
 
 def _spelling(folder: Path) -> dict[str, str]:

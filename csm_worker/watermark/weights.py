@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..cache import cache_root
 from ..errors import BadCheckpoint, ModelLoadError
+from ..model.sources import looks_like_path, meant_as_folder
 from .hparams import REFERENCE, Hparams, read_hparams
 
 HUB_REPO = "sony/silentcipher"
@@ -39,7 +40,7 @@ def checkpoint_dir(source: str, revision: str | None = None) -> Path:
     if folder.is_dir():
         inner = folder / CHECKPOINT
         return _complete(inner if inner.is_dir() else folder, source)
-    if _looks_local(source):
+    if looks_like_path(source):
         raise ModelLoadError(f"watermark weights {source}: no such folder")
     from ..model.loading import hub_snapshot
 
@@ -53,13 +54,8 @@ def checkpoint_dir(source: str, revision: str | None = None) -> Path:
 def check_local_source(source: str) -> None:
     """Before any work: a local folder (or what looks like one) must be there in the repo's layout. Hub ids and
     s3:// prefixes are fetched by the workers, which stop the job when the files are not silentcipher's."""
-    if source != RANDOM_WEIGHTS and not source.startswith("s3://") and \
-            (Path(source).expanduser().is_dir() or _looks_local(source)):
+    if source != RANDOM_WEIGHTS and meant_as_folder(source):
         checkpoint_dir(source)
-
-
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1
 
 
 def _complete(folder: Path, source: str) -> Path:
@@ -86,9 +82,11 @@ def build_networks(h: Hparams):
             MsgDecoder(h.message_dim, h.message_band_size))
 
 
-def load_watermarker(source: str, device: str = "cpu", revision: str | None = None, max_frames: int = 1024):
+def load_watermarker(source: str, device: str = "cpu", revision: str | None = None, max_frames: int = 1024,
+                     label: str | None = None):
     """A Watermarker on `device` with the weights of `source` (BadCheckpoint when the files are not silentcipher's
-    44.1 kHz networks; ModelLoadError when they cannot be had)."""
+    44.1 kHz networks; ModelLoadError when they cannot be had). `label`: what its `source` says (default
+    `source`; an s3:// prefix's local copy is named by the prefix it came from)."""
     import torch
 
     from .marker import Watermarker
@@ -105,7 +103,7 @@ def load_watermarker(source: str, device: str = "cpu", revision: str | None = No
         except Exception as e:  # torch raises many kinds for a file that is no checkpoint or the wrong one
             raise BadCheckpoint(f"watermark weights {source}: {path} is not silentcipher's {name} network: "
                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    return Watermarker(h, *networks, device=device, source=source, weights_id=weights_id(folder),
+    return Watermarker(h, *networks, device=device, source=label or source, weights_id=weights_id(folder),
                        max_frames=max_frames)
 
 

@@ -137,3 +137,30 @@ def test_verify_refuses_what_it_cannot_read(out, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     result = verify(tmp_path / "bad.wav", *weights)
     assert result.exit_code == 2 and "bad.wav" in result.output and "cannot decode" in result.output
+
+
+def test_verify_reads_an_out_on_s3_as_it_reads_it_on_disk(out, raw, bucket, aws_env):
+    """The same OUT uploaded under s3://BUCKET/job/: one line per file, each the same as for its local copy; the
+    weights and key come from the job.json on S3 (no --weights: the hub default would be unreachable), and
+    weights from an s3:// prefix load too. A single object verifies alone; a missing prefix exits 2."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts))
+    for f in files:
+        raw.put_object(Bucket=bucket, Key=f"job/{f.relative_to(out).as_posix()}", Body=f.read_bytes())
+    local = verify(out, "--search-step", 0)
+    remote = verify(f"s3://{bucket}/job", "--search-step", 0, "--s3-endpoint-url", aws_env)
+    assert remote.exit_code == local.exit_code == 1, remote.output
+    assert remote.stdout == local.stdout.replace(str(out), f"s3://{bucket}/job")
+    assert f"weights {watermark.RANDOM_WEIGHTS}" in remote.stderr
+
+    weights = watermark.weights.random_weights_dir()
+    for f in (p for p in weights.rglob("*") if p.is_file()):
+        raw.put_object(Bucket=bucket, Key=f"wm/{f.relative_to(weights).as_posix()}", Body=f.read_bytes())
+    one = f"s3://{bucket}/job/audio/v-b/000000.wav"
+    single = verify(one, "--search-step", 0, "--weights", f"s3://{bucket}/wm", "--s3-endpoint-url", aws_env)
+    assert single.exit_code == 1 and single.stdout.strip().endswith(one), single.output
+    assert f"weights s3://{bucket}/wm" in single.stderr
+    assert single.stdout.split()[:4] == [line for line in local.stdout.splitlines()
+                                         if line.endswith("audio/v-b/000000.wav")][0].split()[:4]
+    missing = verify(f"s3://{bucket}/nothing-here", "--weights", watermark.RANDOM_WEIGHTS, "--s3-endpoint-url",
+                     aws_env)
+    assert missing.exit_code == 2 and "no such object or prefix" in missing.output
