@@ -29,8 +29,14 @@ class Generator:
     sample_rate = 24_000
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 batch_size: int = 1, backend: str | None = None):
+                 batch_size: int = 1, backend: str | None = None, watermark_weights: str | None = None,
+                 watermark_key: tuple[int, ...] | None = None):
         self.loaded = loaded
+        # generate() marks every clip, as Sesame's reference generator does (None: unmarked); render() leaves
+        # marking to its caller's `finalize`, as jobs do.
+        self.watermark_weights = watermark_weights
+        self.watermark_key = watermark_key
+        self._watermarker = None
         self.device = device
         self.model = CsmModel(loaded.hf, device, dtype, backend)
         self.codec = Codec(loaded.hf.codec_model)
@@ -71,7 +77,7 @@ class Generator:
         turns.append(TurnRequest(len(turns), speaker, text, temperature=temperature, top_k=topk,
                                  max_audio_length_ms=int(max_audio_length_ms), seed=seed))
         audio = None
-        for event in self.render([ConversationRequest("generate", turns)], batch_size=1):
+        for event in self.render([ConversationRequest("generate", turns)], batch_size=1, finalize=self._mark()):
             if isinstance(event, RenderedTurn):
                 audio = event.audio
             elif event.error:
@@ -80,12 +86,35 @@ class Generator:
             raise RenderError("the engine returned no audio for this turn")
         return torch.from_numpy(audio)
 
+    @property
+    def watermarker(self):
+        """generate()'s watermark (csm_worker.watermark.Watermarker), loaded on first use; None when off."""
+        if self._watermarker is None and self.watermark_weights:
+            from .watermark import load_watermarker
+
+            self._watermarker = load_watermarker(self.watermark_weights, self.device)
+        return self._watermarker
+
+    def _mark(self) -> Finalize | None:
+        from .watermark import REFERENCE_KEY
+
+        marker = self.watermarker
+        return marker.finalizer(self.watermark_key or REFERENCE_KEY) if marker else None
+
 
 def load_csm_1b(device: str = "cuda", model: str = DEFAULT_MODEL, dtype: str | None = None,
-                batch_size: int = 1, backend: str | None = None) -> Generator:
+                batch_size: int = 1, backend: str | None = None, watermark: bool | str = True,
+                watermark_key: tuple[int, ...] | None = None) -> Generator:
     """Load CSM-1B (or a local folder, or a `random:*` preset) on `device` ("auto" picks CUDA when present).
-    `backend`: cpu, portable or auto (csm_worker/backends); None reads $CSM_RENDER_BACKEND, else auto."""
+    `backend`: cpu, portable or auto (csm_worker/backends); None reads $CSM_RENDER_BACKEND, else auto.
+    `watermark`: generate() marks its clips with silentcipher, as the reference does: True, the weights that go
+    with `model` (sony/silentcipher, or random:silentcipher for a random preset), loaded on the first generate();
+    a hub id or folder of those weights; False, unmarked. `watermark_key`: 5 bytes (default the reference's)."""
+    from .watermark import default_weights
+
     device = resolve_device(device)
     backends.resolve(device, backend)  # a bad choice fails before minutes of loading
     torch_dtype = dtype_for(device, dtype)
-    return Generator(load_pretrained(model, device, torch_dtype), device, torch_dtype, batch_size, backend)
+    weights = default_weights(model) if watermark is True else (watermark or None)
+    return Generator(load_pretrained(model, device, torch_dtype), device, torch_dtype, batch_size, backend,
+                     watermark_weights=weights, watermark_key=watermark_key)

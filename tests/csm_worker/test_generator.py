@@ -56,3 +56,22 @@ def test_bad_context_audio_raises_render_error(gen):
     stereo = torch.zeros(2, 1920)
     with pytest.raises(RenderError, match="1-D"):
         gen.generate("Hi", 0, context=[Segment(0, "Stereo", stereo)], max_audio_length_ms=160, seed=0)
+
+
+def test_generate_marks_its_clips_as_the_reference_does_and_can_be_told_not_to(gen):
+    """generate() returns the watermarked clip (random weights with a random preset): the unmarked render,
+    marked with the reference key; watermark=False returns that unmarked render, another key another mark."""
+    from csm_worker import load_csm_1b
+    from csm_worker.watermark import RANDOM_WEIGHTS, REFERENCE_KEY, load_watermarker
+
+    assert gen.watermark_weights == RANDOM_WEIGHTS and gen.watermarker is not None
+    marked = gen.generate("Hello from Sesame.", 0, max_audio_length_ms=480, seed=1).numpy()
+    plain_gen = load_csm_1b("cpu", "random:tiny", watermark=False)
+    assert plain_gen.watermarker is None
+    plain = plain_gen.generate("Hello from Sesame.", 0, max_audio_length_ms=480, seed=1).numpy()
+    expected = load_watermarker(RANDOM_WEIGHTS).mark(plain, 24_000, REFERENCE_KEY)
+    assert not np.array_equal(marked, plain)
+    np.testing.assert_allclose(marked, expected, atol=1e-6)
+    other = load_csm_1b("cpu", "random:tiny", watermark=RANDOM_WEIGHTS, watermark_key=(1, 2, 3, 4, 5))
+    assert not np.allclose(other.generate("Hello from Sesame.", 0, max_audio_length_ms=480, seed=1).numpy(),
+                           marked, atol=1e-6)
