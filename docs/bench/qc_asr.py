@@ -13,15 +13,15 @@ audio, and the ratios to the plain render.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
+from csm_worker import RenderedTurn, load_csm_1b
 from csm_worker.quality.asr import PipelineRecognizer, Scorer, score_clips
 from csm_worker.quality.judge import asr_judge
+from single_turns import arguments, single_turns, timed_render
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)  # wav2vec2-base
 
@@ -43,22 +43,15 @@ def base_sized_ctc(folder: Path) -> Path:
 
 
 def render(gen, convs, batch_size, **judged) -> tuple[float, list[RenderedTurn]]:
-    start = time.perf_counter()
-    turns = [e for e in gen.render(convs, batch_size=batch_size, **judged) if isinstance(e, RenderedTurn)]
-    return (time.perf_counter() - start) / len(turns), turns
+    """Seconds per turn, and the turns."""
+    seconds, turns = timed_render(gen, convs, batch_size, **judged)
+    return seconds / len(turns), turns
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="random:small")
-    ap.add_argument("--turns", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-ms", type=int, default=4000)
-    args = ap.parse_args()
+    args = arguments(turns=8, batch_size=4, max_ms=4000)
     gen = load_csm_1b(model=args.model, device="cpu")
-    convs = lambda: [ConversationRequest(f"c{i}", [TurnRequest(0, i % 2, f"This is line number {i} of the test.",
-                                                               seed=i, max_audio_length_ms=args.max_ms)])
-                     for i in range(args.turns)]
+    convs = lambda: single_turns(args.turns, args.max_ms)
     with tempfile.TemporaryDirectory() as tmp:
         recognizer = PipelineRecognizer(base_sized_ctc(Path(tmp)), device="cpu", batch_size=args.batch_size)
     scorer = Scorer()

@@ -11,13 +11,13 @@ to the plain render (targets: the checks under 2% of render time; the judged ren
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
-from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
+from csm_worker import RenderedTurn, load_csm_1b
 from csm_worker.quality.checks import check_turn
 from csm_worker.quality.judge import checks_judge
+from single_turns import arguments, single_turns, timed_render
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,15 @@ class Fail:
 
 
 def render(gen, convs, batch_size, **judged) -> tuple[float, list[RenderedTurn]]:
-    start = time.perf_counter()
-    turns = [e for e in gen.render(convs, batch_size=batch_size, **judged) if isinstance(e, RenderedTurn)]
-    return (time.perf_counter() - start) / len(turns), turns
+    """Seconds per turn, and the turns."""
+    seconds, turns = timed_render(gen, convs, batch_size, **judged)
+    return seconds / len(turns), turns
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="random:small")
-    ap.add_argument("--turns", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-ms", type=int, default=4000)
-    args = ap.parse_args()
+    args = arguments(turns=16, batch_size=4, max_ms=4000)
     gen = load_csm_1b(model=args.model, device="cpu")
-    convs = lambda: [ConversationRequest(f"c{i}", [TurnRequest(0, i % 2, f"This is line number {i} of the test.",
-                                                               seed=i, max_audio_length_ms=args.max_ms)])
-                     for i in range(args.turns)]
+    convs = lambda: single_turns(args.turns, args.max_ms)
     render(gen, convs()[: args.batch_size], args.batch_size)  # warm-up: first-call costs out of the figures
     plain_s, turns = render(gen, convs(), args.batch_size)
     judged_s, _ = render(gen, convs(), args.batch_size, judge=checks_judge(), retries=0)

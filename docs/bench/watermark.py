@@ -11,34 +11,21 @@ batch 32 on random:small).
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from csm_worker import ConversationRequest, RenderedTurn, TurnRequest, load_csm_1b
+from csm_worker import load_csm_1b
 from csm_worker.watermark import RANDOM_WEIGHTS, load_watermarker
-
-
-def render(gen, convs, batch_size, **extra) -> tuple[float, list[RenderedTurn]]:
-    start = time.perf_counter()
-    turns = [e for e in gen.render(convs, batch_size=batch_size, **extra) if isinstance(e, RenderedTurn)]
-    return time.perf_counter() - start, turns
+from single_turns import arguments, single_turns, timed_render
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="random:small")
-    ap.add_argument("--turns", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-ms", type=int, default=2000)
-    args = ap.parse_args()
+    args = arguments(turns=32, batch_size=32, max_ms=2000)
     gen = load_csm_1b(model=args.model, device="cpu")
     marker = load_watermarker(RANDOM_WEIGHTS, "cpu")
-    convs = lambda: [ConversationRequest(f"c{i}", [TurnRequest(0, i % 2, f"This is line number {i} of the test.",
-                                                               seed=i, max_audio_length_ms=args.max_ms)])
-                     for i in range(args.turns)]
-    render(gen, convs()[:2], 2, finalize=marker.finalizer())  # warm-up: first-call costs out of the figures
-    plain_s, turns = render(gen, convs(), args.batch_size)
-    marked_s, _ = render(gen, convs(), args.batch_size, finalize=marker.finalizer())
+    convs = lambda: single_turns(args.turns, args.max_ms)
+    timed_render(gen, convs()[:2], 2, finalize=marker.finalizer())  # warm-up: first-call costs out of the figures
+    plain_s, turns = timed_render(gen, convs(), args.batch_size)
+    marked_s, _ = timed_render(gen, convs(), args.batch_size, finalize=marker.finalizer())
     start = time.perf_counter()
     marker.mark_batch([t.audio for t in turns], turns[0].sample_rate)
     alone_s = time.perf_counter() - start

@@ -96,3 +96,12 @@ def bucket(raw):
     name = f"test-{uuid.uuid4().hex[:12]}"
     raw.create_bucket(Bucket=name)
     return name
+
+
+def upload_folder(raw, bucket: str, folder, prefix: str) -> str:
+    """Every file under `folder` put under s3://bucket/prefix/ (as `aws s3 cp --recursive` would); returns that
+    URI, with its trailing slash."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            raw.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+    return f"s3://{bucket}/{prefix}/"

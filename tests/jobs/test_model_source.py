@@ -13,16 +13,14 @@ from csm_worker.model import presets
 from csm_worker.errors import ModelLoadError
 from jobs.model_source import local_model
 
+from .conftest import upload_folder
+
 
 @pytest.fixture
 def model_uri(raw, bucket, csm_cache):
     """The random:tiny preset uploaded file by file under s3://bucket/models/tiny/."""
     folder = presets.preset_dir("random:tiny")
-    for path in folder.rglob("*"):
-        if path.is_file():
-            raw.put_object(Bucket=bucket, Key=f"models/tiny/{path.relative_to(folder).as_posix()}",
-                           Body=path.read_bytes())
-    return f"s3://{bucket}/models/tiny/", folder
+    return upload_folder(raw, bucket, folder, "models/tiny"), folder
 
 
 def test_s3_model_loads_with_the_same_weights_as_its_source(model_uri, monkeypatch, tmp_path):

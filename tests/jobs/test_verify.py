@@ -25,6 +25,7 @@ import csm_worker.watermark as watermark
 from jobs.cli import main
 from jobs.verify import Clip, decode
 
+from .conftest import upload_folder
 from .test_crash_resume import write_manifest as write_rows
 from tests.csm_worker.watermark.test_parity import Scripted
 
@@ -143,18 +144,14 @@ def test_verify_reads_an_out_on_s3_as_it_reads_it_on_disk(out, raw, bucket, aws_
     """The same OUT uploaded under s3://BUCKET/job/: one line per file, each the same as for its local copy; the
     weights and key come from the job.json on S3 (no --weights: the hub default would be unreachable), and
     weights from an s3:// prefix load too. A single object verifies alone; a missing prefix exits 2."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts))
-    for f in files:
-        raw.put_object(Bucket=bucket, Key=f"job/{f.relative_to(out).as_posix()}", Body=f.read_bytes())
+    upload_folder(raw, bucket, out, "job")
     local = verify(out, "--search-step", 0)
     remote = verify(f"s3://{bucket}/job", "--search-step", 0, "--s3-endpoint-url", aws_env)
     assert remote.exit_code == local.exit_code == 1, remote.output
     assert remote.stdout == local.stdout.replace(str(out), f"s3://{bucket}/job")
     assert f"weights {watermark.RANDOM_WEIGHTS}" in remote.stderr
 
-    weights = watermark.weights.random_weights_dir()
-    for f in (p for p in weights.rglob("*") if p.is_file()):
-        raw.put_object(Bucket=bucket, Key=f"wm/{f.relative_to(weights).as_posix()}", Body=f.read_bytes())
+    upload_folder(raw, bucket, watermark.weights.random_weights_dir(), "wm")
     one = f"s3://{bucket}/job/audio/v-b/000000.wav"
     single = verify(one, "--search-step", 0, "--weights", f"s3://{bucket}/wm", "--s3-endpoint-url", aws_env)
     assert single.exit_code == 1 and single.stdout.strip().endswith(one), single.output

@@ -11,15 +11,13 @@ from csm_worker.watermark import load_watermarker
 from jobs.watermark_options import WatermarkOptions, check_weights_source, make_finalizer
 from tests.csm_worker.watermark.repo_layout import DECOYS, write_silentcipher_repo
 
+from .conftest import upload_folder
+
 
 @pytest.fixture
 def weights_uri(raw, bucket, tmp_path):
     repo = write_silentcipher_repo(tmp_path / "sony-silentcipher")
-    for path in repo.rglob("*"):
-        if path.is_file():
-            raw.put_object(Bucket=bucket, Key=f"weights/silentcipher/{path.relative_to(repo).as_posix()}",
-                           Body=path.read_bytes())
-    return f"s3://{bucket}/weights/silentcipher/", repo
+    return upload_folder(raw, bucket, repo, "weights/silentcipher"), repo
 
 
 def test_s3_weights_load_as_their_local_copy_and_fetch_only_the_networks(weights_uri, monkeypatch, tmp_path):
