@@ -52,6 +52,13 @@ class BenchResult:
     # rounds; None when the engine measured above is the portable one.
     portable_frames_per_s: float | None = None
     portable_compute_efficiency: float | None = None
+    # What a job adds per turn, in seconds per second of audio, and as a share of the engine's time at batch N for
+    # that audio (the ratio to its realtime factor): the always-on quality checks, and the watermark (None when
+    # its weights cannot be had; random ones with a random preset).
+    qc_checks_s_per_audio_s: float | None = None
+    qc_checks_ratio: float | None = None
+    watermark_s_per_audio_s: float | None = None
+    watermark_ratio: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +214,8 @@ def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int 
     eng_b1, hf_b1, peak = best["eng_b1"], best["hf_b1"], best["peak"]
     eng_bn, hf_bn = best.get("eng_bn", eng_b1), best.get("hf_bn", hf_b1)
     per_frame = decode_flops_per_frame(gen)
+    checks, marking = gate_costs(gen, batch_size, frames)
+    share = lambda cost: None if cost is None else cost * eng_bn * FRAME_S
     return BenchResult(
         model=gen.loaded.name, device=str(gen.device), dtype=str(gen.model.dtype).replace("torch.", ""),
         batch_size=batch_size, frames=frames, rounds=rounds, engine_frames_per_s=eng_bn, engine_b1_frames_per_s=eng_b1,
@@ -217,7 +226,41 @@ def run_bench(gen: Generator, batch_size: int, frames: int = 50, hf_frames: int 
         peak_memory_mb=peak_memory_mb(gen.device), backend=gen.model.backend.name,
         portable_frames_per_s=best.get("portable_bn"),
         portable_compute_efficiency=best["portable_bn"] * per_frame / peak if portable else None,
+        qc_checks_s_per_audio_s=checks, qc_checks_ratio=share(checks), watermark_s_per_audio_s=marking,
+        watermark_ratio=share(marking),
     )
+
+
+def gate_costs(gen: Generator, batch_size: int, frames: int) -> tuple[float, float | None]:
+    """Seconds per second of audio of the quality checks and of the watermark (None when its weights cannot be
+    had), each the best of ROUNDS, on a batch of the engine's own decoded turns."""
+    from .errors import ModelLoadError
+    from .quality.checks import check_turn
+
+    convs = [ConversationRequest(f"g{i}", [TurnRequest(0, i % 2, PROMPT, max_audio_length_ms=frames * 80, seed=i)])
+             for i in range(batch_size)]
+    turns = [e for e in gen.render(convs, batch_size=batch_size) if isinstance(e, RenderedTurn)]
+    audio_s = sum(len(t.audio) for t in turns) / gen.sample_rate
+    checks = _best_seconds(lambda: [check_turn(t.audio, t.sample_rate, t.text, t.end_reason) for t in turns])
+    try:
+        marker = gen.watermarker
+    except ModelLoadError:
+        marker = None
+    if marker is None or not audio_s:
+        return checks / max(audio_s, FRAME_S), None
+    clips = [t.audio for t in turns]
+    marker.mark_batch(clips, gen.sample_rate)  # warm-up: first-call costs out of the figure
+    marking = _best_seconds(lambda: (marker.mark_batch(clips, gen.sample_rate), _sync(gen.device)))
+    return checks / audio_s, marking / audio_s
+
+
+def _best_seconds(work, rounds: int = ROUNDS) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def fastest_batch_size(gen: Generator, frames: int, candidates=(8, 16, 32, 64)) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from csm_worker import bench
@@ -34,6 +35,7 @@ def test_each_figure_is_the_best_of_interleaved_rounds(gen, monkeypatch):
     monkeypatch.setattr(bench, "hf_frames_per_s", fake("hf"))
     monkeypatch.setattr(bench, "peak_flops_per_s", lambda device, dtype: next(peaks))
     monkeypatch.setattr(bench, "turn_cost_ratio", lambda gen: 1.0)
+    monkeypatch.setattr(bench, "gate_costs", lambda gen, batch, frames: (0.001, 0.5))
     r = bench.run_bench(gen, 8, frames=4, hf_frames=2, rounds=3)
     # Interleaved, not one side then the other; the portable backend measured in the same rounds.
     assert order == [("eng", 1), ("eng", 8), ("hf", 1), ("hf", 8), ("portable", 8)] * 3
@@ -44,6 +46,13 @@ def test_each_figure_is_the_best_of_interleaved_rounds(gen, monkeypatch):
     assert r.compute_efficiency == 300.0 * r.decode_flops_per_frame / 3e9
     assert r.backend == "cpu" and r.portable_frames_per_s == 90.0
     assert r.portable_compute_efficiency == 90.0 * r.decode_flops_per_frame / 3e9
+    # A job's additions as a share of the engine's time for the same audio: cost x its realtime factor.
+    assert r.qc_checks_ratio == pytest.approx(0.001 * 300.0 * 0.08) and r.watermark_ratio == pytest.approx(12.0)
+
+
+def test_gate_costs_time_the_checks_and_the_watermark_on_rendered_turns(gen):
+    checks, marking = bench.gate_costs(gen, 2, 4)
+    assert 0 < checks < marking  # the random preset's random watermark weights are there to time
 
 
 def test_peak_is_a_positive_float32_matmul_rate():
