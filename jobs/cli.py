@@ -374,8 +374,8 @@ def _run_args(ctx: click.Context) -> list[str]:
         if param.name in ("manifests", "address", "submission_id", "wait", "no_upload"):
             continue
         value = ctx.params[param.name]
-        if value == param.default or value is None:
-            continue
+        if value == param.default or value is None or (getattr(param, "is_flag", False) and not value):
+            continue  # a flag is passed on only when set
         if param.name in ("out", "voices"):
             value = cluster_path(value)
         if getattr(param, "multiple", False):

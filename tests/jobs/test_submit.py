@@ -169,3 +169,17 @@ def test_workers_publish_their_counts_as_ray_metrics(dashboard, tmp_path):
     assert grown("csm_render_turns") == 3
     assert grown("csm_render_frames") >= 3 and grown("csm_render_audio_seconds") > 0
     assert grown("csm_render_failures") == 0
+
+
+def test_the_run_command_submitted_carries_only_the_flags_given():
+    """`submit` passes `run` the options given and no others: a flag left unset (Click 8.5 gives it no default
+    but a sentinel) must not reach the cluster's `run` as set; --new-run there would discard the job."""
+    from jobs.cli import _run_args, main
+
+    submit = main.commands["submit"]
+    plain = _run_args(submit.make_context("submit", ["m.parquet", "--out", "/tmp/o", "--address", "http://h:8265"]))
+    assert "--new-run" not in plain and "--rerender-failed" not in plain
+    flagged = _run_args(submit.make_context("submit", ["m.parquet", "--out", "/tmp/o", "--address", "http://h:8265",
+                                                       "--rerender-failed", "--qc-retries", "0"]))
+    assert "--rerender-failed" in flagged and "--new-run" not in flagged
+    assert flagged[flagged.index("--qc-retries") + 1] == "0"

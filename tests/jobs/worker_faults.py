@@ -18,11 +18,11 @@ def install() -> None:
 
     original = worker.RenderWorker._request
 
-    def faulty(self, item):
+    def faulty(self, item, progress):
         if item.conversation_id.startswith("crash"):
             os._exit(1)
         if item.conversation_id.startswith("stall"):
             time.sleep(3600)
-        return original(self, item)
+        return original(self, item, progress)
 
     worker.RenderWorker._request = faulty
