@@ -65,10 +65,11 @@ def _s3_clips(url: str, s3_endpoint_url: str | None) -> Iterator[Clip]:
             yield from _clips_in(f"{storage.url}/{key}", key, partial(_object, storage, key))
     if found:
         return
-    parent, _, name = storage.url.rpartition("/")
-    if not storage.prefix or not open_storage(parent, s3_endpoint_url).exists(name):
+    parent_url, _, name = storage.url.rpartition("/")
+    parent = open_storage(parent_url, s3_endpoint_url) if storage.prefix else None
+    if parent is None or not parent.exists(name):
         raise VerifyError(f"{url}: no such object or prefix")
-    yield from _clips_in(storage.url, name, partial(_object, open_storage(parent, s3_endpoint_url), name))
+    yield from _clips_in(storage.url, name, partial(_object, parent, name))
 
 
 def _object(storage, key: str) -> io.BytesIO:
@@ -129,9 +130,10 @@ def _local_job_record(raw: str) -> dict | None:
 def _s3_job_record(url: str, s3_endpoint_url: str | None) -> dict | None:
     """OUT/job.json at the prefix or the nearest prefix above it, in the same bucket."""
     from jobs.storage import open_storage
+    from jobs.storage.s3 import parse_s3_url
 
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    parts = [p for p in prefix.split("/") if p]
+    bucket, prefix = parse_s3_url(url)
+    parts = prefix.split("/") if prefix else []
     for depth in range(len(parts), -1, -1):
         storage = open_storage(f"s3://{bucket}/{'/'.join(parts[:depth])}", s3_endpoint_url)
         if storage.exists("job.json"):

@@ -78,18 +78,24 @@ def pass_seed(seed: int, render_pass: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def open_pass(storage: Storage) -> RenderPass | None:
-    """The latest pass, if it is not done yet."""
-    numbers = sorted(n for n in map(layout.parse_pass_key, storage.list(layout.PASSES)) if n is not None)
+def open_pass(storage: Storage, numbers: list[int] | None = None) -> RenderPass | None:
+    """The latest pass, if it is not done yet (`numbers`: the passes' numbers, when already listed)."""
+    numbers = _pass_numbers(storage) if numbers is None else numbers
     if not numbers or storage.exists(layout.pass_done_key(numbers[-1])):
         return None
     return RenderPass.from_record(json.loads(storage.read_bytes(layout.pass_key(numbers[-1]))))
 
 
+def _pass_numbers(storage: Storage) -> list[int]:
+    """The numbers of the passes OUT records, in order (one listing of passes/)."""
+    return sorted(n for n in map(layout.parse_pass_key, storage.list(layout.PASSES)) if n is not None)
+
+
 def begin_pass(storage: Storage, rerender_failed: bool) -> tuple[RenderPass | None, str]:
     """The pass this run renders, and a line saying so: the open one (resumed, whatever the flag), else with
     `rerender_failed` a new one over the finished conversations' failed turns (None when no turn failed)."""
-    current = open_pass(storage)
+    numbers = _pass_numbers(storage)
+    current = open_pass(storage, numbers)
     if current is not None:
         return current, f"resuming {current.describe()}"
     if not rerender_failed:
@@ -97,7 +103,6 @@ def begin_pass(storage: Storage, rerender_failed: bool) -> tuple[RenderPass | No
     turns, failed = flagged_turns(storage)
     if not failed:
         return None, "re-render: no finished turn failed the quality checks; nothing to render again"
-    numbers = [n for n in map(layout.parse_pass_key, storage.list(layout.PASSES)) if n is not None]
     new = RenderPass(max(numbers, default=1) + 1, turns, failed)
     storage.write_new(layout.pass_key(new.number), json.dumps(new.record(), indent=1, sort_keys=True).encode())
     return new, new.describe()
